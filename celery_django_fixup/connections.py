@@ -1,0 +1,88 @@
+"""How connections are closed, reset and checked: the mechanics, with no policy.
+
+When to do any of this is decided in :mod:`celery_django_fixup.policy` and the worker fix-up.
+"""
+from __future__ import absolute_import
+
+from celery.utils.log import get_logger
+
+__all__ = ('for_each', 'discard', 'LazyHealthCheck')
+
+logger = get_logger(__name__)
+
+
+def for_each(connections, action, what):
+    """Call ``action(conn)`` for every alias of ``connections``.
+
+    An alias whose action raises is logged under its name and does not keep the others from
+    being handled: since Celery 4.0 signal handlers' errors are only logged, so an exception
+    here would silently leave the remaining aliases open.
+    """
+    for conn in connections.all():
+        try:
+            action(conn)
+        except Exception as exc:  # noqa: B902 -- any driver error, logged with its alias
+            logger.warning('celery-django-fixup: could not %s database connection %r: %r',
+                           what, conn.alias, exc, exc_info=True)
+
+
+def discard(conn):
+    """Close ``conn`` whatever its state and reset the wrapper, so its next use reconnects.
+
+    Django's ``close()`` leaves a wrapper that is inside an atomic block holding the closed
+    DB-API connection (``closed_in_transaction``), waiting for the block to exit. After a task
+    has returned no block will exit, so the wrapper's transaction state is reset here too:
+    the next task then opens a fresh connection instead of failing on a closed one.
+    """
+    try:
+        conn.close()
+    finally:
+        if conn.in_atomic_block or conn.closed_in_transaction:
+            conn.connection = None
+            conn.in_atomic_block = False
+            conn.closed_in_transaction = False
+            conn.needs_rollback = False
+            conn.savepoint_ids = []
+            conn.commit_on_exit = True
+            if hasattr(conn, 'atomic_blocks'):
+                conn.atomic_blocks = []
+
+
+class LazyHealthCheck(object):
+    """Check a kept connection once, the first time the next task uses it.
+
+    Django 4.1 added this as ``CONN_HEALTH_CHECKS``; the Django releases this package supports
+    do not have it. Arming shadows the wrapper's ``ensure_connection`` with an instance
+    attribute, which every path to the database (cursors, ``atomic()``, autocommit changes)
+    goes through first: a task that never touches the database costs nothing, one that does
+    costs one ``is_usable()`` round trip, and a connection that broke while idle (server
+    restart, ``pg_terminate_backend``, idle timeout) is replaced before the task sees it.
+    """
+
+    attribute = 'ensure_connection'
+
+    def arm(self, conn):
+        if conn.connection is None or self.is_armed(conn):
+            return
+        original = conn.ensure_connection
+
+        def ensure_connection():
+            self.disarm(conn)
+            if conn.connection is not None and not conn.in_atomic_block and \
+                    not conn.is_usable():
+                logger.info('celery-django-fixup: database connection %r was broken while '
+                            'idle; reconnecting', conn.alias)
+                try:
+                    discard(conn)
+                except Exception as exc:  # noqa: B902 -- the wrapper is reset all the same
+                    logger.debug('celery-django-fixup: closing broken connection %r: %r',
+                                 conn.alias, exc)
+            return original()
+
+        setattr(conn, self.attribute, ensure_connection)
+
+    def disarm(self, conn):
+        vars(conn).pop(self.attribute, None)
+
+    def is_armed(self, conn):
+        return self.attribute in vars(conn)

@@ -1,0 +1,60 @@
+"""When a connection may be kept for the next task: the rules, with no mechanics.
+
+How a connection is closed or checked is in :mod:`celery_django_fixup.connections`.
+"""
+from __future__ import absolute_import
+
+from celery import states
+
+__all__ = ('reason_to_discard', 'task_succeeded', 'is_green_pool')
+
+try:
+    _string_types = (basestring,)  # noqa: F821 -- Python 2
+except NameError:
+    _string_types = (str,)
+
+#: Pool aliases whose tasks run in greenlets (``celery worker -P NAME``).
+GREEN_POOLS = frozenset(['eventlet', 'gevent'])
+
+
+def reason_to_discard(conn):
+    """Why ``conn`` must be closed now whatever its age, or None if it may be kept.
+
+    Looks only at the wrapper's state, with no database round trip.
+    """
+    if conn.connection is None:
+        return None
+    if conn.in_atomic_block or conn.closed_in_transaction:
+        return 'left inside an atomic block'
+    if conn.needs_rollback:
+        return 'needs a rollback'
+    if conn.autocommit != conn.settings_dict['AUTOCOMMIT']:
+        return 'left with autocommit changed'
+    return None
+
+
+def task_succeeded(state):
+    """True if a ``task_postrun`` state lets the task's connections be kept.
+
+    A failed, retried, rejected or interrupted task may have left its connection broken in a
+    way Django does not record: a ``SoftTimeLimitExceeded`` raised in the middle of a query
+    never passes Django's error wrapper (Django ticket 30646, celery#9824). A ``task_postrun``
+    sent without a state counts as a success, as it did before Celery sent one.
+    """
+    return state is None or state == states.SUCCESS
+
+
+def is_green_pool(pool_cls):
+    """True if ``pool_cls`` (a pool class, or the name or dotted path the worker was given)
+    runs tasks in greenlets, whose connections die with the greenlet and must not be kept."""
+    if pool_cls is None:
+        return False
+    if isinstance(pool_cls, _string_types):
+        if pool_cls in GREEN_POOLS:
+            return True
+        try:
+            from celery import concurrency
+            pool_cls = concurrency.get_implementation(pool_cls)
+        except Exception:  # noqa: B902 -- an unimportable pool is not one we can tell apart
+            return False
+    return bool(getattr(pool_cls, 'is_green', False))

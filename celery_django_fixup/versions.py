@@ -1,0 +1,132 @@
+"""What differs between Celery lines, and the one range of versions this package supports.
+
+Everything that depends on the installed Celery release lives here, so supporting another line
+(Celery 5.x, say) means adding a row to ``LINES`` and whatever that line needs below it.
+"""
+from __future__ import absolute_import
+
+__all__ = (
+    'SUPPORTED_CELERY', 'SUPPORTED_DJANGO', 'CeleryLine', 'LINES',
+    'celery_version', 'django_version', 'line_for', 'unsupported_reason', 'fd_owner',
+)
+
+#: Celery releases the patched fix-up is written and tested against (inclusive).
+SUPPORTED_CELERY = ((4, 0, 0), (4, 4, 7))
+
+#: Django feature releases supported (inclusive), as ``django.VERSION[:2]``.
+SUPPORTED_DJANGO = ((1, 11), (3, 2))
+
+
+class CeleryLine(object):
+    """How one line of Celery releases handles Django's database connections.
+
+    ``at_task`` and ``after_fork`` name what upstream calls on every connection at a task
+    boundary and in a prefork child after it closed the inherited file descriptors;
+    ``problem`` is what that costs users, in one sentence.
+    """
+
+    def __init__(self, first, last, at_task, after_fork, problem):
+        self.first = first
+        self.last = last
+        self.at_task = at_task
+        self.after_fork = after_fork
+        self.problem = problem
+
+    @property
+    def name(self):
+        return '{0}-{1}'.format(_dotted(self.first), _dotted(self.last))
+
+    @property
+    def reuses(self):
+        """True if stock Celery of this line keeps connections between tasks."""
+        return self.at_task != 'close'
+
+    def __contains__(self, version):
+        return self.first <= tuple(version[:3]) <= self.last
+
+    def __repr__(self):
+        return '<CeleryLine {0}>'.format(self.name)
+
+
+LINES = (
+    CeleryLine(
+        (4, 0, 0), (4, 1, 1), at_task='close', after_fork='close',
+        problem='closes every connection before and after every task: CONN_MAX_AGE is '
+                'ignored and every task opens a new database connection (celery#4116)'),
+    CeleryLine(
+        (4, 2, 0), (4, 3, 1),
+        at_task='close_if_unusable_or_obsolete', after_fork='close_if_unusable_or_obsolete',
+        problem='reuses connections, but a prefork child keeps the connection its parent held '
+                'at fork: Bad file descriptor, then hung workers (celery#4878, celery#5483)'),
+    CeleryLine(
+        (4, 4, 0), (4, 4, 3), at_task='close', after_fork='close',
+        problem='closes every connection before and after every task: CONN_MAX_AGE is '
+                'ignored and every task opens a new database connection (celery#5515)'),
+    CeleryLine(
+        (4, 4, 4), (4, 4, 7), at_task='close_if_unusable_or_obsolete', after_fork='close',
+        problem='reuses connections without checking them: a connection broken while idle or '
+                'left by a failed task is handed to the next task (celery#9824)'),
+)
+
+
+def _dotted(version):
+    return '.'.join(str(part) for part in version)
+
+
+def celery_version():
+    """The installed Celery release as a tuple of three integers."""
+    import celery
+    return tuple(int(part) for part in celery.VERSION[:3])
+
+
+def django_version():
+    """The installed Django feature release as ``(major, minor)``, or None without Django."""
+    try:
+        import django
+    except ImportError:
+        return None
+    return tuple(django.VERSION[:2])
+
+
+def line_for(version=None):
+    """The :class:`CeleryLine` a Celery release belongs to, or None outside the supported range."""
+    version = celery_version() if version is None else tuple(version[:3])
+    for line in LINES:
+        if version in line:
+            return line
+    return None
+
+
+def unsupported_reason(celery=None, django=None):
+    """Why the patch must not be installed on these versions, or None when it may."""
+    celery = celery_version() if celery is None else tuple(celery[:3])
+    django = django_version() if django is None else django
+    if line_for(celery) is None:
+        return (
+            'celery-django-fixup supports Celery {0} to {1}; Celery {2} is installed, so nothing '
+            'was patched and Celery keeps its own Django fix-up. Install a supported Celery '
+            '(pip install "celery>={0},<={1}") or stop importing celery_django_fixup.'.format(
+                _dotted(SUPPORTED_CELERY[0]), _dotted(SUPPORTED_CELERY[1]), _dotted(celery)))
+    if django is False or django is None:
+        return (
+            'celery-django-fixup patches the Django fix-up, but Django is not installed: nothing '
+            'was patched. Install Django {0} to {1}, or stop importing celery_django_fixup.'
+            .format(_dotted(SUPPORTED_DJANGO[0]), _dotted(SUPPORTED_DJANGO[1])))
+    if not SUPPORTED_DJANGO[0] <= tuple(django[:2]) <= SUPPORTED_DJANGO[1]:
+        return (
+            'celery-django-fixup supports Django {0} to {1}; Django {2} is installed, so nothing '
+            'was patched and Celery keeps its own Django fix-up. Install a supported Django '
+            '(pip install "django>={0},<{3}") or stop importing celery_django_fixup.'.format(
+                _dotted(SUPPORTED_DJANGO[0]), _dotted(SUPPORTED_DJANGO[1]),
+                _dotted(django[:2]), '{0}.{1}'.format(SUPPORTED_DJANGO[1][0],
+                                                      SUPPORTED_DJANGO[1][1] + 1)))
+    return None
+
+
+def fd_owner(connection):
+    """What upstream's ``_maybe_close_db_fd`` takes for a Django connection wrapper.
+
+    Up to Celery 4.4.x it is the DB-API connection (``wrapper.connection``); Celery 5.5 passes
+    the wrapper itself.
+    """
+    return connection.connection
