@@ -37,15 +37,15 @@ def discard(conn):
     try:
         conn.close()
     finally:
-        if conn.in_atomic_block or conn.closed_in_transaction:
-            conn.connection = None
-            conn.in_atomic_block = False
-            conn.closed_in_transaction = False
-            conn.needs_rollback = False
-            conn.savepoint_ids = []
-            conn.commit_on_exit = True
-            if hasattr(conn, 'atomic_blocks'):
-                conn.atomic_blocks = []
+        # What connect() resets, reset now: atomic() looks at these before it connects.
+        conn.connection = None
+        conn.in_atomic_block = False
+        conn.closed_in_transaction = False
+        conn.needs_rollback = False
+        conn.savepoint_ids = []
+        conn.commit_on_exit = True
+        if hasattr(conn, 'atomic_blocks'):
+            conn.atomic_blocks = []
 
 
 class LazyHealthCheck(object):

@@ -47,12 +47,14 @@ def get_original():
 def install(stacklevel=2):
     """Install the patched worker fix-up; returns True if it is installed.
 
+    ``stacklevel`` goes to :func:`warnings.warn` as is: the default, 2, names the caller.
+
     On an unsupported Celery or Django it patches nothing and emits an
     :class:`~celery_django_fixup.exceptions.UnsupportedVersionWarning` saying why.
     """
     reason = versions.unsupported_reason()
     if reason is not None:
-        warnings.warn(UnsupportedVersionWarning(reason), stacklevel=stacklevel + 1)
+        warnings.warn(UnsupportedVersionWarning(reason), stacklevel=stacklevel)
         return False
     if not is_patched():
         _saved.setdefault('DjangoWorkerFixup', upstream.DjangoWorkerFixup)
@@ -61,7 +63,7 @@ def install(stacklevel=2):
     for app in list(_state._get_active_apps()):
         if _created_too_early(app):
             warnings.warn(LateActivationWarning(LATE_ACTIVATION.format(app=app)),
-                          stacklevel=stacklevel + 1)
+                          stacklevel=stacklevel)
     return True
 
 

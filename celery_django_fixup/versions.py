@@ -73,6 +73,10 @@ def _dotted(version):
     return '.'.join(str(part) for part in version)
 
 
+def _next_minor():
+    return '{0}.{1}'.format(SUPPORTED_DJANGO[1][0], SUPPORTED_DJANGO[1][1] + 1)
+
+
 def celery_version():
     """The installed Celery release as a tuple of three integers."""
     import celery
@@ -107,19 +111,19 @@ def unsupported_reason(celery=None, django=None):
             'was patched and Celery keeps its own Django fix-up. Install a supported Celery '
             '(pip install "celery>={0},<={1}") or stop importing celery_django_fixup.'.format(
                 _dotted(SUPPORTED_CELERY[0]), _dotted(SUPPORTED_CELERY[1]), _dotted(celery)))
-    if django is False or django is None:
+    if django is None:
         return (
             'celery-django-fixup patches the Django fix-up, but Django is not installed: nothing '
-            'was patched. Install Django {0} to {1}, or stop importing celery_django_fixup.'
-            .format(_dotted(SUPPORTED_DJANGO[0]), _dotted(SUPPORTED_DJANGO[1])))
+            'was patched. Install a supported Django (pip install "django>={0},<{2}"), or stop '
+            'importing celery_django_fixup.'.format(
+                _dotted(SUPPORTED_DJANGO[0]), _dotted(SUPPORTED_DJANGO[1]), _next_minor()))
     if not SUPPORTED_DJANGO[0] <= tuple(django[:2]) <= SUPPORTED_DJANGO[1]:
         return (
             'celery-django-fixup supports Django {0} to {1}; Django {2} is installed, so nothing '
             'was patched and Celery keeps its own Django fix-up. Install a supported Django '
             '(pip install "django>={0},<{3}") or stop importing celery_django_fixup.'.format(
                 _dotted(SUPPORTED_DJANGO[0]), _dotted(SUPPORTED_DJANGO[1]),
-                _dotted(django[:2]), '{0}.{1}'.format(SUPPORTED_DJANGO[1][0],
-                                                      SUPPORTED_DJANGO[1][1] + 1)))
+                _dotted(django[:2]), _next_minor()))
     return None
 
 
