@@ -15,7 +15,7 @@ from . import policy, versions
 from .connections import LazyHealthCheck, discard, for_each
 from .settings import WorkerSettings
 
-__all__ = ('DjangoWorkerFixup', 'MARKER', 'upstream_class')
+__all__ = ('DjangoWorkerFixup', 'MARKER', 'OVERRIDES', 'upstream_class')
 
 logger = get_logger(__name__)
 
@@ -174,3 +174,18 @@ class DjangoWorkerFixup(upstream_class()):
             logger.debug('celery-django-fixup: closing %r: %s', conn.alias, reason)
             discard(conn)
         return reason
+
+
+#: Each method of Celery's class that the patched one overrides, and why (``celery-django-fixup
+#: diff`` prints this; a unit test keeps it in step with the class).
+OVERRIDES = {
+    '__init__': 'validates the settings and sets up the lazy health check',
+    'install': 'forced close in the main process before it forks; embedded beat handled like a '
+               'pool child',
+    'on_worker_process_init': 'closes inherited sockets, then forces the close (4.2-4.3 did not)',
+    '_maybe_close_db_fd': "also ignores the driver's own errors from fileno() (celery#9310)",
+    'on_task_prerun': 'arms the health check of connections kept from the previous task',
+    'on_task_postrun': 'forced close after a task that did not succeed, and in greenlet pools',
+    'close_database': 'the CELERY_DB_REUSE_MAX close is forced; unsafe connections still closed',
+    '_close_database': 'drops connections left in a transaction, never skips an alias on error',
+}

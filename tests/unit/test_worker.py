@@ -363,3 +363,11 @@ def test_fd_helper_is_upstreams(app):
     with mock.patch.object(upstream, '_maybe_close_fd') as close_fd:
         fixup._maybe_close_db_fd('raw')
     close_fd.assert_called_with('raw')
+
+
+def test_every_override_says_why():
+    from celery_django_fixup.worker import OVERRIDES
+    original = upstream_class()
+    overridden = set(name for name in vars(DjangoWorkerFixup)
+                     if callable(getattr(original, name, None)) and name in vars(original))
+    assert overridden == set(OVERRIDES)
