@@ -1,4 +1,4 @@
-"""The upstream Celery changes this project carries, as unified diffs of ``celery/fixups/django.py``.
+"""The upstream Celery changes this project carries: unified diffs of celery/fixups/django.py.
 
 Celery 4.4.4 fixed its Django fix-up with two changes: celery#4292 (a task boundary calls
 ``close_if_unusable_or_obsolete()`` instead of ``close()``, so ``CONN_MAX_AGE`` is honoured) and
@@ -304,9 +304,13 @@ def applies(version=None, source=None, directory=None):
     """True if the patch for ``version`` (default: the installed Celery) applies cleanly to
     ``source`` (default: the installed ``celery/fixups/django.py``).
 
-    False when it does not, and when the release needs no patch (see :func:`patch_for`).
+    False when it does not, when the diff is malformed, and when the release needs no patch
+    (see :func:`patch_for`).
     """
-    patch = patch_for(version, directory)
+    try:
+        patch = patch_for(version, directory)
+    except PatchError:
+        return False
     if patch is None:
         return False
     if source is None:
