@@ -1,0 +1,1 @@
+"""Demo Django project and Celery app (see ``settings`` for the environment it reads)."""

@@ -1,0 +1,102 @@
+"""The demo Celery app, configured by environment variables.
+
+``CDF_MODE`` picks the worker fix-up:
+
+- ``stock``: Celery's own; ``celery_django_fixup`` is never imported.
+- ``import``: ``import celery_django_fixup`` before ``Celery(...)``.
+- ``fixups``: ``Celery(..., fixups=['celery_django_fixup:fixup'])`` (the default).
+- ``unsafe``: Celery's own with plain reuse and no safety (see ``cdf_demo.unsafe``).
+
+``CDF_BROKER_URL`` and ``CDF_RESULT_BACKEND`` (Redis db 15 on localhost by default),
+``CDF_BROKER_TRANSPORT_OPTIONS`` (JSON). ``CDF_PARENT_QUERY=1`` runs a query in the worker's
+main process from a ``worker_init`` handler, after the Django fix-up's own, so that the main
+process holds a connection when it forks the pool (as import-time queries or a result backend
+write do in real projects). ``CDF_READY_FILE``: where the worker writes, once it is ready to
+take tasks, a JSON object with its pid, versions and the worker fix-up class it really uses.
+"""
+from __future__ import absolute_import
+
+import json
+import os
+import sys
+
+os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'cdf_demo.settings')
+
+from celery import Celery, signals  # noqa: E402
+
+MODES = ('stock', 'import', 'fixups', 'unsafe')
+MODE = os.environ.get('CDF_MODE', 'fixups')
+if MODE not in MODES:
+    raise ValueError('CDF_MODE must be one of {0}, not {1!r}'.format(MODES, MODE))
+
+if MODE == 'import':
+    import celery_django_fixup  # noqa: F401 -- installs the patch
+    app = Celery('cdf_demo', include=['cdf_demo.tasks'])
+elif MODE == 'fixups':
+    app = Celery('cdf_demo', include=['cdf_demo.tasks'], fixups=['celery_django_fixup:fixup'])
+else:
+    if 'celery_django_fixup' in sys.modules:
+        # A stock worker that has the patch would make every comparison meaningless.
+        raise RuntimeError('CDF_MODE={0} but celery_django_fixup was imported'.format(MODE))
+    if MODE == 'unsafe':
+        from cdf_demo import unsafe
+        unsafe.install()
+    app = Celery('cdf_demo', include=['cdf_demo.tasks'])
+
+DEFAULT_BROKER = 'redis://127.0.0.1:6379/15'
+
+app.conf.update(
+    broker_url=os.environ.get('CDF_BROKER_URL') or DEFAULT_BROKER,
+    result_backend=(os.environ.get('CDF_RESULT_BACKEND') or
+                    os.environ.get('CDF_BROKER_URL') or DEFAULT_BROKER),
+    broker_transport_options=json.loads(os.environ.get('CDF_BROKER_TRANSPORT_OPTIONS') or '{}'),
+    # Remote control would add a broadcast binding per worker; the harness stops workers
+    # with signals and does not need it.
+    worker_enable_remote_control=False,
+    result_expires=3600,
+)
+app.conf.update(json.loads(os.environ.get('CDF_SETTINGS_JSON') or '{}'))
+
+
+def _query_every_alias():
+    from django.db import connections
+    for conn in connections.all():
+        with conn.cursor() as cursor:
+            cursor.execute('SELECT 1')
+
+
+if os.environ.get('CDF_PARENT_QUERY') == '1':
+    # Connected after Celery(...) installed the Django fix-up, so this runs after the fix-up's
+    # own worker_init handler closed the connections: the main process forks holding them.
+    signals.worker_init.connect(lambda **kwargs: _query_every_alias(), weak=False)
+
+
+def _worker_fixup_class():
+    for fixup in getattr(app, '_fixups', None) or ():
+        worker_fixup = getattr(fixup, '_worker_fixup', None)
+        if worker_fixup is not None:
+            cls = type(worker_fixup)
+            return '{0}.{1}'.format(cls.__module__, cls.__name__)
+    return None
+
+
+@signals.worker_ready.connect(weak=False)
+def _report_ready(sender=None, **kwargs):
+    path = os.environ.get('CDF_READY_FILE')
+    if not path:
+        return
+    import celery
+    import django
+    info = {
+        'pid': os.getpid(),
+        'mode': MODE,
+        'worker_fixup': _worker_fixup_class(),
+        'celery': celery.__version__,
+        'django': django.get_version(),
+        'python': sys.version.split()[0],
+        'pool': type(getattr(sender, 'pool', None)).__module__,
+    }
+    # Write then rename: the harness must never read a half-written file.
+    with open(path + '.tmp', 'w') as fh:
+        json.dump(info, fh)
+    os.rename(path + '.tmp', path)

@@ -1,0 +1,66 @@
+"""Django settings of the demo project, read from the environment only.
+
+=============================  ===========================================================
+``CDF_DATABASE_URL``           the ``default`` database (see ``dburl``); required
+``CDF_DATABASES_JSON``         more aliases, or changes to ``default``: ``{"alias": URL}`` or
+                               ``{"alias": {"url": URL, "CONN_MAX_AGE": 0, "OPTIONS": {}}}``
+                               (keys other than ``url`` are Django's and win over the URL's)
+``CDF_CONN_MAX_AGE``           ``CONN_MAX_AGE`` of every alias that does not set its own
+                               (a number of seconds, or ``None``); Django's default 0 if unset
+``CDF_SETTINGS_JSON``          more settings, as a JSON object, given to Django's settings and
+                               to the Celery app's configuration alike (``CELERY_DB_REUSE_MAX``,
+                               ``CELERY_DB_HEALTH_CHECKS``, ``worker_prefetch_multiplier``...)
+=============================  ===========================================================
+
+The Celery app (``celeryapp``) reads the rest: ``CDF_MODE``, ``CDF_BROKER_URL``,
+``CDF_RESULT_BACKEND``, ``CDF_BROKER_TRANSPORT_OPTIONS``, ``CDF_PARENT_QUERY`` and
+``CDF_READY_FILE``.
+"""
+from __future__ import absolute_import
+
+import json
+import os
+
+from cdf_demo import dburl
+
+
+def _conn_max_age(value):
+    return None if value.strip() in ('None', 'none', 'null') else int(value)
+
+
+def _databases():
+    databases = {'default': dburl.parse(os.environ['CDF_DATABASE_URL'])}
+    for alias, spec in json.loads(os.environ.get('CDF_DATABASES_JSON') or '{}').items():
+        if not isinstance(spec, dict):
+            spec = {'url': spec}
+        spec = dict(spec)
+        url = spec.pop('url', None)
+        entry = dburl.parse(url) if url else dict(databases.get(alias, {}))
+        entry.update(spec)
+        databases[alias] = entry
+    if os.environ.get('CDF_CONN_MAX_AGE', '').strip():
+        max_age = _conn_max_age(os.environ['CDF_CONN_MAX_AGE'])
+        for entry in databases.values():
+            entry.setdefault('CONN_MAX_AGE', max_age)
+    return databases
+
+
+DATABASES = _databases()
+
+if any(entry['ENGINE'].endswith('mysql') for entry in DATABASES.values()):
+    try:
+        import MySQLdb  # noqa: F401 -- the driver Django prefers
+    except ImportError:
+        import pymysql
+        pymysql.install_as_MySQLdb()
+
+SECRET_KEY = 'cdf-demo-only-not-a-secret'
+# DEBUG would keep every query in memory: a long run would measure that, not the worker.
+DEBUG = False
+INSTALLED_APPS = ['cdf_demo']
+USE_TZ = True
+TIME_ZONE = 'UTC'
+DEFAULT_AUTO_FIELD = 'django.db.models.AutoField'
+LOGGING_CONFIG = None
+
+globals().update(json.loads(os.environ.get('CDF_SETTINGS_JSON') or '{}'))

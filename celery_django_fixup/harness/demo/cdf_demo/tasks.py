@@ -1,0 +1,116 @@
+"""Demo tasks. Those that use the database report the server-side id of the connection they
+used (PostgreSQL ``pg_backend_pid()``, MySQL/MariaDB ``CONNECTION_ID()``), so a caller can tell
+whether a connection was reused; those that fail put it in their error as ``backend=ID``.
+"""
+from __future__ import absolute_import
+
+import os
+import time
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import connections, transaction
+
+from cdf_demo.celeryapp import app
+from cdf_demo.models import Item
+
+
+class DemoTaskError(Exception):
+    """Raised on purpose by the failing tasks."""
+
+
+def backend_id(conn):
+    """The server's id of the session behind ``conn`` (connecting if needed)."""
+    with conn.cursor() as cursor:
+        if conn.vendor == 'postgresql':
+            cursor.execute('SELECT pg_backend_pid()')
+        elif conn.vendor == 'mysql':
+            cursor.execute('SELECT CONNECTION_ID()')
+        else:
+            # SQLite has no server: the DB-API object's identity is the nearest thing.
+            cursor.execute('SELECT 1')
+            return 'sqlite-{0:x}'.format(id(conn.connection))
+        return cursor.fetchone()[0]
+
+
+def _report(alias, backend, **extra):
+    extra.update(pid=os.getpid(), alias=alias, backend=backend)
+    return extra
+
+
+@app.task(name='cdf_demo.touch')
+def touch(alias='default'):
+    """One query."""
+    return _report(alias, backend_id(connections[alias]))
+
+
+@app.task(name='cdf_demo.noop')
+def noop():
+    return {'pid': os.getpid()}
+
+
+@app.task(name='cdf_demo.sleep')
+def sleep(seconds=1.0):
+    """No database at all."""
+    time.sleep(seconds)
+    return {'pid': os.getpid()}
+
+
+@app.task(name='cdf_demo.orm')
+def orm(alias='default'):
+    """A tiny ORM read and write, with no query beyond them."""
+    items = Item.objects.using(alias)
+    item = items.create(name='orm', value=os.getpid())
+    exists = items.filter(pk=item.pk).exists()
+    return {'pid': os.getpid(), 'alias': alias, 'id': item.pk, 'found': exists}
+
+
+@app.task(name='cdf_demo.fail')
+def fail(alias='default'):
+    """A query, then an error that is not the database's."""
+    raise DemoTaskError('failed on purpose, backend={0}'.format(backend_id(connections[alias])))
+
+
+@app.task(name='cdf_demo.atomic_error')
+def atomic_error(alias='default'):
+    """A query inside ``transaction.atomic()``, then an error that leaves the block."""
+    with transaction.atomic(using=alias):
+        backend = backend_id(connections[alias])
+        raise DemoTaskError('failed inside atomic(), backend={0}'.format(backend))
+
+
+@app.task(name='cdf_demo.autocommit_off')
+def autocommit_off(alias='default'):
+    """Succeeds, but leaves the connection with autocommit off (inside a transaction)."""
+    transaction.set_autocommit(False, using=alias)
+    return _report(alias, backend_id(connections[alias]))
+
+
+@app.task(name='cdf_demo.slow_query', soft_time_limit=1)
+def slow_query(seconds=3, alias='default', interruptible=True):
+    """A query that outlives the soft time limit (1 s unless the caller sets another).
+
+    With ``interruptible`` (PostgreSQL), psycopg2 waits through a Python callback, so the
+    limit's exception is raised in the middle of the query, as it is under gevent or eventlet;
+    otherwise the driver blocks in C and the exception comes once the query is over.
+    """
+    conn = connections[alias]
+    backend = backend_id(conn)
+    green = interruptible and conn.vendor == 'postgresql'
+    if green:
+        import psycopg2.extensions
+        import psycopg2.extras
+        psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+    try:
+        with conn.cursor() as cursor:
+            if conn.vendor == 'postgresql':
+                cursor.execute('SELECT pg_sleep(%s)', [seconds])
+            elif conn.vendor == 'mysql':
+                cursor.execute('SELECT SLEEP(%s)', [seconds])
+            else:
+                time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        raise SoftTimeLimitExceeded('soft time limit in a query, backend={0}'.format(backend))
+    finally:
+        if green:
+            psycopg2.extensions.set_wait_callback(None)
+    return _report(alias, backend)
