@@ -13,7 +13,7 @@ from celery import _state, signals
 from celery.fixups import django as upstream
 
 from . import versions
-from .exceptions import LateActivationWarning, UnsupportedVersionWarning
+from .exceptions import InvalidSetting, LateActivationWarning, UnsupportedVersionWarning
 from .worker import MARKER, DjangoWorkerFixup
 
 __all__ = ('install', 'uninstall', 'is_patched', 'get_original', 'fixup')
@@ -98,7 +98,12 @@ def on_worker_init(sender=None, **kwargs):
     """
     app = getattr(sender, 'app', None)
     for django_fixup in _django_fixups(app):
-        worker_fixup = django_fixup.worker_fixup
+        try:
+            worker_fixup = django_fixup.worker_fixup
+        except InvalidSetting as exc:
+            # Celery only logs what a signal handler raises: the worker would go on with no
+            # Django fix-up at all. A setting we cannot use must stop it, with the reason.
+            raise SystemExit('celery-django-fixup: {0}'.format(exc))
         if isinstance(worker_fixup, DjangoWorkerFixup):
             worker_fixup.on_worker_init(sender=sender, **kwargs)
         else:

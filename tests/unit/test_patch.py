@@ -142,6 +142,17 @@ class test_worker_init(object):
         assert django_fixup.worker_fixup.is_green_pool
         _disconnect(django_fixup)
 
+    def test_invalid_setting_stops_the_worker(self, clean, django_env):
+        # Celery swallows a signal handler's exception; the worker must not start without a
+        # Django fix-up because of a typo in a setting.
+        app = Celery('proj', set_as_current=False, fixups=['celery_django_fixup:fixup'])
+        app.conf.CELERY_DB_REUSE_MAX = 'ten'
+        [django_fixup] = django_fixups(app)
+        with pytest.raises(SystemExit) as excinfo:
+            patch.on_worker_init(sender=mock.Mock(app=app, pool_cls='prefork'))
+        assert 'CELERY_DB_REUSE_MAX' in str(excinfo.value)
+        _disconnect(django_fixup)
+
     def test_late_activation_warns_at_install(self, clean, django_env, recwarnings):
         app = Celery('proj', set_as_current=False)
         [django_fixup] = django_fixups(app)
