@@ -1,8 +1,9 @@
-"""``celery-django-fixup check``: what a worker of the user's project will do with its connections."""
+"""``celery-django-fixup check``: what a worker of the user's project does with its connections."""
 from __future__ import absolute_import, print_function
 
 import os
 import platform
+import sys
 
 from . import patch, versions
 from .settings import WorkerSettings
@@ -17,11 +18,65 @@ class CheckError(Exception):
 
 
 def _load_app(app_name):
+    """Load the user's app as the worker would, seeing whether *it* activates the patch.
+
+    This command runs inside ``celery_django_fixup``, whose import has installed the patch
+    already: left as is, every app would look patched, and the app module's own ``import
+    celery_django_fixup`` would be a no-op. So the patch is taken out and the package's
+    top-level module forgotten first; an app that imports it (or names
+    ``celery_django_fixup:fixup``) runs its ``__init__`` again, which installs the patch
+    through the same, still loaded, submodules.
+    """
     from celery.app.utils import find_app
+    name = __name__.rpartition('.')[0]
+    package = sys.modules.pop(name, None)
+    patch.uninstall()
     try:
         return find_app(app_name)
     except Exception as exc:  # noqa: B902 -- anything the user's module raises
-        raise CheckError('cannot load the Celery app {0!r}: {1}'.format(app_name, exc))
+        raise CheckError('cannot load the Celery app {0!r}: {1}'.format(
+            app_name, _why_not_loaded(app_name, exc)))
+    finally:
+        reloaded = sys.modules.get(name)
+        if reloaded is None:
+            if package is not None:
+                sys.modules[name] = package
+        elif package is not None:
+            # A re-executed package module only gets the submodules it imports by name.
+            for attr, value in vars(package).items():
+                if attr not in vars(reloaded):
+                    setattr(reloaded, attr, value)
+
+
+def _one_line(exc):
+    return ' '.join(str(exc).split()) or type(exc).__name__
+
+
+def _why_not_loaded(app_name, exc):
+    """The real error when ``-A proj`` failed inside ``proj/celery.py``.
+
+    Celery's ``find_app`` tries ``proj.celery`` and, when importing it raises ImportError,
+    reports only that ``proj`` has no attribute ``celery``: the missing module the user has to
+    fix is lost. If ``proj.celery`` exists, import it again to say what it raised.
+    """
+    if ':' in app_name or app_name.endswith('.celery'):
+        return _one_line(exc)
+    import importlib
+    import pkgutil
+    from celery.utils.imports import cwd_in_path
+    candidate = app_name + '.celery'
+    with cwd_in_path():
+        try:
+            exists = pkgutil.find_loader(candidate) is not None
+        except Exception:  # noqa: B902 -- no such package: the first error says it
+            exists = False
+        if exists:
+            try:
+                importlib.import_module(candidate)
+            except Exception as inner:  # noqa: B902 -- whatever the user's module raises
+                return '{0}: {1}: {2}'.format(candidate, type(inner).__name__,
+                                              _one_line(inner))
+    return _one_line(exc)
 
 
 def _django_fixups(app):
@@ -59,6 +114,9 @@ def _pool_and_concurrency(app, pool, concurrency):
         pool_cls = get_implementation(pool)
     except Exception:  # noqa: B902 -- a pool we cannot import: report the name
         pool_cls = pool
+    if pool == 'solo' or getattr(pool_cls, '__module__', None) == 'celery.concurrency.solo':
+        # The solo pool runs tasks in the main process, one at a time, whatever -c says.
+        concurrency = 1
     return pool, pool_cls, concurrency
 
 

@@ -7,6 +7,7 @@ from __future__ import absolute_import, print_function
 import argparse
 import json
 import os
+import signal
 import sys
 
 __all__ = ('main',)
@@ -14,6 +15,27 @@ __all__ = ('main',)
 
 class UsageError(Exception):
     """Bad input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, like every other bad input (argparse prints the usage
+    first); ``--help`` still shows it."""
+
+    def error(self, message):
+        self.exit(2, '{0}: error: {1} (see {0} --help)\n'.format(self.prog, message))
+
+
+def _positive(kind):
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError('not a number: {0!r}'.format(text))
+        if value <= 0:
+            raise argparse.ArgumentTypeError('must be positive, not {0!r}'.format(text))
+        return value
+    convert.__name__ = kind.__name__
+    return convert
 
 
 def _print_json(data):
@@ -93,8 +115,40 @@ def cmd_diff(args):
     return 0 if report.get('applies') is not False else 1
 
 
+def cmd_verify(args):
+    from .verify import Options, Progress, RunError, VerifyError, format_report, run_verify
+    options = Options(tasks=args.tasks, concurrency=args.concurrency, pool=args.pool,
+                      database=args.database, broker=args.broker, hang_after=args.hang_after,
+                      progress=not args.no_progress)
+
+    def terminated(signum, frame):
+        # A plain SIGTERM would end this process without its clean-up: the workers (each in
+        # a session of its own) would be left running.
+        raise KeyboardInterrupt()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        report = run_verify(options, Progress(options.progress))
+    except VerifyError as exc:
+        raise UsageError(str(exc))
+    except RunError as exc:
+        print('celery-django-fixup verify: FAILED: {0}'.format(exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('celery-django-fixup verify: interrupted; the workers and the throwaway server '
+              'were stopped', file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if args.json:
+        _print_json(report)
+    else:
+        print('\n'.join(format_report(report)))
+    return 0 if report['ok'] else 1
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog='celery-django-fixup',
         description='Celery workers that reuse Django database connections safely.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
@@ -116,6 +170,34 @@ def build_parser():
                       help='show the patch for this Celery release instead of the installed one')
     diff.add_argument('--json', action='store_true', help='print JSON')
     diff.set_defaults(func=cmd_diff)
+
+    from .verify import DEFAULT_CONCURRENCY, DEFAULT_HANG_AFTER, DEFAULT_TASKS, POOLS
+    verify = sub.add_parser(
+        'verify', help='run real workers with Celery\'s fix-up and the patched one, and compare',
+        description='Run a real worker with Celery\'s own Django fix-up, then one with the '
+                    'patched fix-up, the same tasks each, and print what the database saw. '
+                    'With no --database and --broker nothing needs to be set up: a throwaway '
+                    'PostgreSQL server (or SQLite) and a filesystem broker are used. Exit '
+                    'status 0 when the patched worker reused connections with no failed task.')
+    verify.add_argument('--tasks', type=_positive(int), default=DEFAULT_TASKS, metavar='N',
+                        help='tasks per run (default %(default)s)')
+    verify.add_argument('-c', '--concurrency', type=_positive(int), default=DEFAULT_CONCURRENCY,
+                        metavar='N', help='worker concurrency (default %(default)s)')
+    verify.add_argument('-P', '--pool', choices=POOLS, default='prefork',
+                        help='worker pool (default %(default)s; the fork scenario needs prefork)')
+    verify.add_argument('--database', metavar='URL',
+                        help='your own database instead of a throwaway one: postgresql://, '
+                             'mysql:// or sqlite:///path; nothing is created in it')
+    verify.add_argument('--broker', metavar='URL',
+                        help='your own broker (redis://, amqp://) instead of a folder')
+    verify.add_argument('--hang-after', type=_positive(float), default=DEFAULT_HANG_AFTER,
+                        metavar='SECONDS',
+                        help='a worker that finishes no task for this long is reported as '
+                             'hung (default %(default)s)')
+    verify.add_argument('--json', action='store_true', help='print JSON')
+    verify.add_argument('--no-progress', action='store_true',
+                        help='print nothing on stderr while the workers run')
+    verify.set_defaults(func=cmd_verify)
     return parser
 
 

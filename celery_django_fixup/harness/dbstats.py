@@ -99,18 +99,20 @@ class _Stats(object):
                     raise
                 time.sleep(0.2)
 
-    def settled_sessions(self, name, timeout=15.0, interval=0.25):
+    def settled_sessions(self, name, timeout=15.0, interval=0.25, application_name=None):
         """:meth:`sessions` once no session is left on the database and the count is stable.
 
         Use it after the worker has stopped: a server may count a session a moment after
         the session began or ended (PostgreSQL 15 flushes a backend's counters at exit).
-        Gives the last value read if that does not happen within ``timeout``.
+        Gives the last value read if that does not happen within ``timeout``. On a database
+        other clients use, ``application_name`` (PostgreSQL) waits only for the sessions that
+        set that name.
         """
         deadline = time.time() + timeout
         previous = None
         while True:
             value = self.sessions(name)
-            if value == previous and not self.backends(name):
+            if value == previous and not self._backends_named(name, application_name):
                 return value
             if time.time() > deadline:
                 return value
@@ -125,6 +127,11 @@ class _Stats(object):
                 return False
             time.sleep(0.05)
         return True
+
+    def _backends_named(self, name, application_name):
+        if application_name is None:
+            return self.backends(name)
+        return self.backends(name, application_name=application_name)
 
 
 class PostgresStats(_Stats):
@@ -166,8 +173,14 @@ class PostgresStats(_Stats):
         rows = self._query('SELECT sessions FROM pg_stat_database WHERE datname = %s', [name])
         return int(rows[0][0] or 0) if rows else 0
 
-    def backends(self, name):
-        """Server pids of the sessions open on database ``name``."""
+    def backends(self, name, application_name=None):
+        """Server pids of the sessions open on database ``name`` (only those whose
+        ``application_name`` is the one given, if given)."""
+        if application_name is not None:
+            return [row[0] for row in self._query(
+                'SELECT pid FROM pg_stat_activity WHERE datname = %s AND '
+                'application_name = %s AND pid <> pg_backend_pid() ORDER BY pid',
+                [name, application_name])]
         return [row[0] for row in self._query(
             'SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() '
             'ORDER BY pid', [name])]

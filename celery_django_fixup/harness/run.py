@@ -86,7 +86,12 @@ class Broker(object):
     def client(self):
         """A Celery app that only sends tasks and reads results: no Django, no fix-ups."""
         from celery import Celery
-        app = Celery('cdf-harness-client', broker=self.url, backend=self.result_backend,
+        url = self.url
+        if url.startswith('filesystem://'):
+            # kombu's sender can let a worker read a message half-written (see fstransport).
+            from . import fstransport
+            url = fstransport.client_url(url)
+        app = Celery('cdf-harness-client', broker=url, backend=self.result_backend,
                      fixups=[], set_as_current=False)
         app.conf.broker_transport_options = self.transport_options
         backend = app.backend
@@ -202,7 +207,11 @@ class Outcome(object):
 
     @property
     def pid(self):
-        return self.result.get('pid') if isinstance(self.result, dict) else None
+        """The pid of the process that ran the task, from its result or its error."""
+        if isinstance(self.result, dict):
+            return self.result.get('pid')
+        match = re.search(r'\bpid=(\d+)', self.error or '')
+        return int(match.group(1)) if match else None
 
     def __repr__(self):
         return '<Outcome {0} {1} {2}>'.format(self.task, self.state,
@@ -467,9 +476,23 @@ class Worker(object):
             # One round trip for every pending task of a key-value backend (Redis...).
             values = list(backend.mget([backend.get_key_for_task(task_id)
                                         for task_id in task_ids]))
-            return [backend.decode_result(value) if value else {'status': 'PENDING'}
-                    for value in values]
+            return [_decode_meta(backend, value) for value in values]
         return [backend.get_task_meta(task_id) for task_id in task_ids]
+
+
+def _decode_meta(backend, value):
+    """A result as stored, decoded; one that cannot be decoded yet counts as pending.
+
+    The ``file://`` backend writes a result in place, so a poll may read it half-written;
+    the next poll reads it whole.
+    """
+    from kombu.exceptions import DecodeError
+    if not value:
+        return {'status': 'PENDING'}
+    try:
+        return backend.decode_result(value)
+    except (DecodeError, ValueError):
+        return {'status': 'PENDING'}
 
 
 def _signal(pid, signum):

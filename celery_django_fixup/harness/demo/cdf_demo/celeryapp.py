@@ -12,7 +12,10 @@
 main process from a ``worker_init`` handler, after the Django fix-up's own, so that the main
 process holds a connection when it forks the pool (as import-time queries or a result backend
 write do in real projects). ``CDF_READY_FILE``: where the worker writes, once it is ready to
-take tasks, a JSON object with its pid, versions and the worker fix-up class it really uses.
+take tasks, a JSON object with its pid, versions, the worker fix-up class it really uses and
+``parent_backends``, the server's id of each session ``CDF_PARENT_QUERY`` used.
+``CDF_CONNECTIONS_FILE``: a file that gets one line (``pid alias vendor``) per database
+connection Django opens in the worker's processes.
 """
 from __future__ import absolute_import
 
@@ -58,11 +61,22 @@ app.conf.update(
 app.conf.update(json.loads(os.environ.get('CDF_SETTINGS_JSON') or '{}'))
 
 
+#: Server-side id of the session each alias used in the main process (``CDF_PARENT_QUERY``),
+#: reported in the ready file as ``parent_backends``.
+PARENT_BACKENDS = {}
+
+
 def _query_every_alias():
     from django.db import connections
     for conn in connections.all():
         with conn.cursor() as cursor:
-            cursor.execute('SELECT 1')
+            if conn.vendor == 'postgresql':
+                cursor.execute('SELECT pg_backend_pid()')
+            elif conn.vendor == 'mysql':
+                cursor.execute('SELECT CONNECTION_ID()')
+            else:
+                cursor.execute('SELECT 1')
+            PARENT_BACKENDS[conn.alias] = cursor.fetchone()[0]
 
 
 if os.environ.get('CDF_PARENT_QUERY') == '1':
@@ -95,8 +109,35 @@ def _report_ready(sender=None, **kwargs):
         'django': django.get_version(),
         'python': sys.version.split()[0],
         'pool': type(getattr(sender, 'pool', None)).__module__,
+        'parent_backends': PARENT_BACKENDS,
     }
     # Write then rename: the harness must never read a half-written file.
     with open(path + '.tmp', 'w') as fh:
         json.dump(info, fh)
     os.rename(path + '.tmp', path)
+
+
+def _count_connections(path):
+    """``CDF_CONNECTIONS_FILE``: append ``pid alias vendor`` to that file each time Django opens
+    a database connection in any process of the worker.
+
+    Counted in the client, so it works where no server can count (SQLite) and, unlike a
+    server's counter, sees only this worker's connections on a database others use too.
+    """
+    from django.db.backends.signals import connection_created
+
+    def created(sender=None, connection=None, **kwargs):
+        line = '{0} {1} {2}\n'.format(os.getpid(), connection.alias, connection.vendor)
+        # O_APPEND: the pool's processes write to the same file; one short write each is
+        # never interleaved with another's.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode('utf-8'))
+        finally:
+            os.close(fd)
+
+    connection_created.connect(created, weak=False, dispatch_uid='cdf_demo.count_connections')
+
+
+if os.environ.get('CDF_CONNECTIONS_FILE'):
+    _count_connections(os.environ['CDF_CONNECTIONS_FILE'])

@@ -1,6 +1,8 @@
 """Demo tasks. Those that use the database report the server-side id of the connection they
 used (PostgreSQL ``pg_backend_pid()``, MySQL/MariaDB ``CONNECTION_ID()``), so a caller can tell
-whether a connection was reused; those that fail put it in their error as ``backend=ID``.
+whether a connection was reused; those that fail put it in their error as ``backend=ID``, and
+the pid of the process that ran them as ``pid=PID`` (which pool process the next task on the
+same process is, is then known for failed tasks too).
 """
 from __future__ import absolute_import
 
@@ -43,9 +45,33 @@ def touch(alias='default'):
     return _report(alias, backend_id(connections[alias]))
 
 
+@app.task(name='cdf_demo.probe')
+def probe(alias='default'):
+    """``touch``, except that its error says which process failed: ``DemoTaskError`` with
+    ``ExcType: message pid=PID``, so the task that follows a failed one on the same pool
+    process can be found whether it succeeds or not."""
+    try:
+        backend = backend_id(connections[alias])
+    except Exception as exc:  # noqa: B902 -- reported whatever it is
+        raise DemoTaskError('{0}: {1} pid={2}'.format(
+            type(exc).__name__, str(exc).strip(), os.getpid()))
+    return _report(alias, backend)
+
+
+@app.task(name='cdf_demo.touch_each')
+def touch_each(aliases=('default',)):
+    """One query on each alias named, in that order; ``backends`` maps alias to session id and
+    ``order`` lists the aliases as ``connections.all()`` (and so every fix-up) goes through
+    them."""
+    backends = dict((alias, backend_id(connections[alias])) for alias in aliases)
+    return {'pid': os.getpid(), 'backends': backends,
+            'order': [conn.alias for conn in connections.all()]}
+
+
 @app.task(name='cdf_demo.noop')
 def noop():
-    return {'pid': os.getpid()}
+    """No database at all; ``at`` is when it ended (the worker's clock, for throughput)."""
+    return {'pid': os.getpid(), 'at': time.time()}
 
 
 @app.task(name='cdf_demo.sleep')
@@ -57,17 +83,20 @@ def sleep(seconds=1.0):
 
 @app.task(name='cdf_demo.orm')
 def orm(alias='default'):
-    """A tiny ORM read and write, with no query beyond them."""
+    """A tiny ORM read and write, with no query beyond them; ``at`` is when it ended (the
+    worker's clock: Celery 4.0-4.1 store no ``date_done`` with a result)."""
     items = Item.objects.using(alias)
     item = items.create(name='orm', value=os.getpid())
     exists = items.filter(pk=item.pk).exists()
-    return {'pid': os.getpid(), 'alias': alias, 'id': item.pk, 'found': exists}
+    return {'pid': os.getpid(), 'alias': alias, 'id': item.pk, 'found': exists,
+            'at': time.time()}
 
 
 @app.task(name='cdf_demo.fail')
 def fail(alias='default'):
     """A query, then an error that is not the database's."""
-    raise DemoTaskError('failed on purpose, backend={0}'.format(backend_id(connections[alias])))
+    raise DemoTaskError('failed on purpose, backend={0} pid={1}'.format(
+        backend_id(connections[alias]), os.getpid()))
 
 
 @app.task(name='cdf_demo.atomic_error')
@@ -75,7 +104,8 @@ def atomic_error(alias='default'):
     """A query inside ``transaction.atomic()``, then an error that leaves the block."""
     with transaction.atomic(using=alias):
         backend = backend_id(connections[alias])
-        raise DemoTaskError('failed inside atomic(), backend={0}'.format(backend))
+        raise DemoTaskError('failed inside atomic(), backend={0} pid={1}'.format(
+            backend, os.getpid()))
 
 
 @app.task(name='cdf_demo.autocommit_off')
@@ -109,7 +139,8 @@ def slow_query(seconds=3, alias='default', interruptible=True):
             else:
                 time.sleep(seconds)
     except SoftTimeLimitExceeded:
-        raise SoftTimeLimitExceeded('soft time limit in a query, backend={0}'.format(backend))
+        raise SoftTimeLimitExceeded('soft time limit in a query, backend={0} pid={1}'.format(
+            backend, os.getpid()))
     finally:
         if green:
             psycopg2.extensions.set_wait_callback(None)

@@ -1,0 +1,148 @@
+# make test            the whole tox matrix (tox.ini), real workers included
+#                      (ENVS="env1 env2" runs a subset the same way; ARGS="..." go to pytest,
+#                      e.g. ARGS='-m ""' runs the fault suite and the soak in every env)
+# make test-env ENV=py38-celery43-django32 [ARGS="-k fork -x"]
+#                      one tox env; ARGS go to pytest
+# make clean           remove tox envs, the bootstrap venv and build leftovers
+#
+# JOBS=N sets how many tox envs run at once (default 2: each test session uses its own
+# scratch databases and worker queues, so envs do not see each other).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+BOOTSTRAP := .tox-bootstrap
+TOX := $(BOOTSTRAP)/bin/tox
+JOBS ?= 2
+ENV ?=
+ARGS ?=
+ENVS ?=
+
+# pyenv's shims only expose the global version(s); tox needs every python2.7/3.6/3.7/3.8 on PATH.
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || { test -d "$$HOME/.pyenv" && echo "$$HOME/.pyenv"; })
+PYENV_BINS := $(if $(PYENV_ROOT),$(wildcard $(PYENV_ROOT)/versions/*/bin))
+empty :=
+space := $(empty) $(empty)
+export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
+
+.PHONY: test test-env clean
+
+# The runner: tox and virtualenv pinned in requirements/tox.txt, in a venv made from the first
+# Python >= 3.7 that can create one. Rebuilt when the pins change, reused otherwise.
+$(BOOTSTRAP)/.installed: requirements/tox.txt
+	@set -e; \
+	if [ ! -x $(BOOTSTRAP)/bin/python ]; then \
+	    for py in python3 python3.13 python3.12 python3.11 python3.10 python3.9 python3.8 python3.7; do \
+	        command -v $$py >/dev/null 2>&1 || continue; \
+	        $$py -c 'import sys; sys.exit(sys.version_info < (3, 7))' 2>/dev/null || continue; \
+	        rm -rf $(BOOTSTRAP); \
+	        if $$py -m venv $(BOOTSTRAP) >/dev/null 2>&1; then echo "bootstrap: $(BOOTSTRAP)/ from $$(command -v $$py)"; break; fi; \
+	    done; \
+	    [ -x $(BOOTSTRAP)/bin/python ] || { echo "bootstrap: no Python >= 3.7 with a working venv module on PATH" >&2; rm -rf $(BOOTSTRAP); exit 1; }; \
+	fi; \
+	$(BOOTSTRAP)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/tox.txt; \
+	touch $@
+
+# Runs every env whose interpreter exists; the others are listed in a banner (before and after
+# the run) and skipped. Fails if any env that ran fails, if no env could run, or if no test passed.
+test: $(BOOTSTRAP)/.installed
+	@$(BOOTSTRAP)/bin/python -c "$$RUN_MATRIX" $(JOBS) $(ENVS) -- $(ARGS)
+
+test-env: $(BOOTSTRAP)/.installed
+	@test -n "$(ENV)" || { echo 'usage: make test-env ENV=<tox env> [ARGS="<pytest args>"]' >&2; exit 2; }
+	$(TOX) run -e $(ENV) --skip-missing-interpreters false -- $(ARGS)
+
+clean:
+	rm -rf .tox $(BOOTSTRAP) build dist .eggs .pytest_cache *.egg-info
+
+define RUN_MATRIX
+import json, os, re, shlex, subprocess, sys, tempfile, time
+
+from virtualenv.app_data import AppDataDisabled
+from virtualenv.discovery.builtin import get_interpreter
+
+tox = os.path.join(os.path.dirname(sys.executable), 'tox')
+jobs = int(sys.argv[1])
+split = sys.argv.index('--')
+pytest_args = sys.argv[split + 1:]
+envs = sys.argv[2:split] or subprocess.check_output([tox, 'l', '--no-desc', '-qq']).decode().split()
+started = time.time()
+
+runnable, missing = [], []
+for env in envs:
+    factor = re.match(r'py(\d)(\d+)(-|\Z)', env)
+    if factor is None:
+        sys.exit('%s: env names must start with a pyXY factor' % env)
+    spec = 'python%s.%s' % factor.group(1, 2)
+    if get_interpreter('py' + factor.group(1) + factor.group(2), [], AppDataDisabled(), os.environ):
+        runnable.append(env)
+    else:
+        missing.append((env, spec))
+
+
+def banner():
+    if not missing:
+        return
+    line = '!' * 78
+    print('\n'.join(['', line, '!! SKIPPED: %d of %d tox envs, interpreter not found on PATH' % (
+        len(missing), len(envs))] + ['!!   %-34s no %s' % item for item in missing] + [line, '']))
+
+
+banner()
+if not runnable:
+    sys.exit('no tox env can run here: none of their interpreters is installed')
+
+result_file = tempfile.NamedTemporaryFile(prefix='tox-result-', suffix='.json', delete=False).name
+command = [tox, 'run-parallel', '-p', str(jobs), '--parallel-no-spinner'] if jobs > 1 else [tox, 'run']
+command += ['-e', ','.join(runnable), '--skip-missing-interpreters', 'false', '--result-json', result_file]
+if pytest_args:
+    command += ['--'] + pytest_args
+print('+ ' + ' '.join(shlex.quote(part) for part in command), flush=True)
+code = subprocess.call(command)
+
+try:
+    with open(result_file) as fh:
+        results = json.load(fh)['testenvs']
+except ValueError:
+    results = {}
+os.unlink(result_file)
+
+summary_line = re.compile(r'^=+ (.*?) in [\d.]+ ?s(?:econds)?\b.* =+\s*\Z', re.M)
+totals = dict(passed=0, failed=0, skipped=0)
+rows = []
+for env in runnable:
+    info = results.get(env, {})
+    outcome = info.get('result', {})
+    tests = info.get('test', [])
+    output = ''.join(step.get('output', '') + step.get('err', '') for step in tests)
+    # Passing envs are quiet in parallel mode: show what they ran, so the log tells the full story.
+    if jobs > 1 and outcome.get('success'):
+        print('\n----- %s ' % env + '-' * max(0, 70 - len(env)))
+        print(output.rstrip())
+    found = summary_line.findall(output)
+    counts = {}
+    for number, word in re.findall(r'(\d+) (\w+)', found[-1] if found else ''):
+        counts[word] = int(number)
+    totals['passed'] += counts.get('passed', 0)
+    totals['failed'] += counts.get('failed', 0) + counts.get('error', 0) + counts.get('errors', 0)
+    totals['skipped'] += counts.get('skipped', 0)
+    ok = bool(outcome.get('success')) and counts.get('passed', 0) > 0
+    rows.append((env, ok, outcome.get('duration', 0.0), found[-1] if found else 'no pytest summary'))
+
+print('\n' + '=' * 78)
+print('%-28s %-4s %7s  %s' % ('env', '', 'seconds', 'pytest'))
+for env, ok, duration, text in rows:
+    print('%-28s %-4s %7.1f  %s' % (env, 'ok' if ok else 'FAIL', duration, text))
+print('matrix wall time: %.1f s for %d envs (%d at a time)' % (time.time() - started, len(rows), jobs))
+banner()
+failed_envs = [row[0] for row in rows if not row[1]]
+if failed_envs:
+    print('FAILED envs: ' + ', '.join(failed_envs))
+elif code:
+    print('tox exited with status %d' % code)
+elif totals['passed'] == 0:
+    print('no test passed in any env')
+print('matrix: %(passed)d passed, %(failed)d failed, %(skipped)d skipped' % totals)
+sys.exit(1 if failed_envs or code or totals['passed'] == 0 else 0)
+endef
+export RUN_MATRIX

@@ -1,0 +1,9 @@
+"""Django's mysql backend whose close raises (see ``cdf_demo.closeraises``)."""
+from __future__ import absolute_import
+
+from django.db.backends.mysql import base as _base
+from django.db.backends.mysql.base import *  # noqa: F401,F403 -- a backend module's names
+
+from cdf_demo.closeraises import wrapper_class
+
+DatabaseWrapper = wrapper_class(_base.DatabaseWrapper)

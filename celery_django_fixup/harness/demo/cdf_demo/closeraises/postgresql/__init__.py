@@ -1,0 +1,1 @@
+"""See ``cdf_demo.closeraises``."""
