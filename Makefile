@@ -25,7 +25,7 @@ empty :=
 space := $(empty) $(empty)
 export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
 
-.PHONY: test test-env clean
+.PHONY: test test-env verify bench reliability clean
 
 # The runner: tox and virtualenv pinned in requirements/tox.txt, in a venv made from the first
 # Python >= 3.7 that can create one. Rebuilt when the pins change, reused otherwise.
@@ -52,6 +52,22 @@ test-env: $(BOOTSTRAP)/.installed
 	@test -n "$(ENV)" || { echo 'usage: make test-env ENV=<tox env> [ARGS="<pytest args>"]' >&2; exit 2; }
 	$(TOX) run -e $(ENV) --skip-missing-interpreters false -- $(ARGS)
 
+# Stock vs patched workers on Celery 4.1 and 4.3, on a throwaway PostgreSQL and a filesystem
+# broker: no service needed. ARGS go to the verify command (e.g. ARGS="--tasks 50").
+verify: $(BOOTSTRAP)/.installed
+	$(TOX) run -e verify-py36-celery41-django111,verify-py38-celery43-django32 -- $(ARGS)
+
+# The benchmark of benchmarks/README.rst (ARGS go to benchmarks/bench.py).
+bench: $(BOOTSTRAP)/.installed
+	$(TOX) run -e bench -- $(ARGS)
+
+# The fault suite on stock 4.1, 4.3, 4.4.0 and 4.4.7 and patched; rewrites README's Reliability table.
+RESULTS ?= .reliability-results
+reliability: $(BOOTSTRAP)/.installed
+	rm -rf $(RESULTS) && mkdir -p $(RESULTS)
+	CDF_RESULTS_DIR=$(abspath $(RESULTS)) $(TOX) run -p $(JOBS) -e py27-celery41-django111,py38-celery43-django32,py37-celery440-django22,py38-celery447-django32 -- -m faults
+	$(BOOTSTRAP)/bin/python scripts/reliability_table.py --results $(RESULTS) --readme README.rst
+
 clean:
 	rm -rf .tox $(BOOTSTRAP) build dist .eggs .pytest_cache *.egg-info
 
@@ -65,7 +81,10 @@ tox = os.path.join(os.path.dirname(sys.executable), 'tox')
 jobs = int(sys.argv[1])
 split = sys.argv.index('--')
 pytest_args = sys.argv[split + 1:]
-envs = sys.argv[2:split] or subprocess.check_output([tox, 'l', '--no-desc', '-qq']).decode().split()
+envs = sys.argv[2:split] or [
+    # verify-* and bench are commands, not test envs.
+    env for env in subprocess.check_output([tox, 'l', '--no-desc', '-qq']).decode().split()
+    if env.startswith('py')]
 started = time.time()
 
 runnable, missing = [], []

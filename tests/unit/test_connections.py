@@ -7,7 +7,10 @@ from django.db import connections, transaction
 
 from celery_django_fixup.connections import LazyHealthCheck, discard, for_each
 
-from conftest import mock
+try:
+    from unittest import mock
+except ImportError:  # Python 2
+    import mock
 from fakes import FakeConnection, FakeConnectionHandler
 
 

@@ -15,7 +15,10 @@ import celery_django_fixup
 from celery_django_fixup import (DjangoWorkerFixup, LateActivationWarning,
                                  UnsupportedVersionWarning, patch)
 
-from conftest import mock
+try:
+    from unittest import mock
+except ImportError:  # Python 2
+    import mock
 
 
 @pytest.fixture
