@@ -34,6 +34,13 @@ def unavailable(reason):
     pytest.skip(reason)
 
 
+@pytest.fixture(scope='session')
+def missing():
+    """``missing(reason)``: :func:`unavailable` for fixtures and tests in other folders, which
+    cannot import this module: skips, or fails under ``CI=true``."""
+    return unavailable
+
+
 class ScratchDatabase(object):
     """A database of its own on the PostgreSQL server, for one test session."""
 

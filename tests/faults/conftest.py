@@ -100,14 +100,6 @@ def start_worker(request, broker):
 MYSQL_URL = os.environ.get('CDF_TEST_MYSQL_URL', 'mysql://root@127.0.0.1:3306/')
 
 
-def unavailable(reason):
-    """Skip, or fail under ``CI=true``, as ``tests/conftest.py``'s helper of the same name."""
-    if os.environ.get('CI', '').strip().lower() in ('true', '1', 'yes'):
-        pytest.fail('{0} (CI=true: a missing service is a failure)'.format(reason),
-                    pytrace=False)
-    pytest.skip(reason)
-
-
 class MysqlScratch(object):
     """A database of its own on the MySQL/MariaDB server (``dbstats.MysqlStats``)."""
 
@@ -128,14 +120,7 @@ class MysqlScratch(object):
 
 
 @pytest.fixture(scope='session')
-def missing():
-    """``missing(reason)``: :func:`unavailable` for test modules (they cannot import a
-    conftest): skips, or fails under ``CI=true``, naming what the environment lacks."""
-    return unavailable
-
-
-@pytest.fixture(scope='session')
-def mariadb():
+def mariadb(missing):
     """Server-side facts of the MariaDB/MySQL server (``CDF_TEST_MYSQL_URL``), once its Django
     driver (mysqlclient, or PyMySQL standing in for it) is known to import."""
     try:
@@ -144,13 +129,13 @@ def mariadb():
         try:
             import pymysql  # noqa: F401
         except ImportError:
-            unavailable('neither mysqlclient nor PyMySQL is installed')
+            missing('neither mysqlclient nor PyMySQL is installed')
     from celery_django_fixup.harness import dbstats
     stats = dbstats.MysqlStats(MYSQL_URL)
     try:
         stats.connect()
     except dbstats.ServiceUnavailable as exc:
-        unavailable(str(exc))
+        missing(str(exc))
     yield stats
     stats.close()
 

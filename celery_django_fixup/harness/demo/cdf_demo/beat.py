@@ -23,14 +23,7 @@ import os
 
 from celery.beat import PersistentScheduler
 
-
-def _backend_id(conn):
-    with conn.cursor() as cursor:
-        if conn.vendor == 'mysql':
-            cursor.execute('SELECT CONNECTION_ID()')
-        else:
-            cursor.execute('SELECT pg_backend_pid()')
-        return cursor.fetchone()[0]
+from cdf_demo.celeryapp import backend_id
 
 
 class QueryingScheduler(PersistentScheduler):
@@ -62,7 +55,7 @@ class QueryingScheduler(PersistentScheduler):
         from django.db import connections
         entry = {'pid': os.getpid()}
         try:
-            entry['backend'] = _backend_id(connections['default'])
+            entry['backend'] = backend_id(connections['default'])
         except Exception as exc:  # noqa: B902 -- a scheduler logs and goes on, as real ones do
             entry['error'] = '{0}: {1}'.format(type(exc).__name__, exc)
         # One short append per tick: a line is never split between two writers.

@@ -66,17 +66,24 @@ app.conf.update(json.loads(os.environ.get('CDF_SETTINGS_JSON') or '{}'))
 PARENT_BACKENDS = {}
 
 
+def backend_id(conn):
+    """The server's id of the session behind ``conn`` (connecting if needed)."""
+    with conn.cursor() as cursor:
+        if conn.vendor == 'postgresql':
+            cursor.execute('SELECT pg_backend_pid()')
+        elif conn.vendor == 'mysql':
+            cursor.execute('SELECT CONNECTION_ID()')
+        else:
+            # SQLite has no server: the DB-API object's identity is the nearest thing.
+            cursor.execute('SELECT 1')
+            return 'sqlite-{0:x}'.format(id(conn.connection))
+        return cursor.fetchone()[0]
+
+
 def _query_every_alias():
     from django.db import connections
     for conn in connections.all():
-        with conn.cursor() as cursor:
-            if conn.vendor == 'postgresql':
-                cursor.execute('SELECT pg_backend_pid()')
-            elif conn.vendor == 'mysql':
-                cursor.execute('SELECT CONNECTION_ID()')
-            else:
-                cursor.execute('SELECT 1')
-            PARENT_BACKENDS[conn.alias] = cursor.fetchone()[0]
+        PARENT_BACKENDS[conn.alias] = backend_id(conn)
 
 
 if os.environ.get('CDF_PARENT_QUERY') == '1':

@@ -12,26 +12,12 @@ import time
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import connections, transaction
 
-from cdf_demo.celeryapp import app
+from cdf_demo.celeryapp import app, backend_id
 from cdf_demo.models import Item
 
 
 class DemoTaskError(Exception):
     """Raised on purpose by the failing tasks."""
-
-
-def backend_id(conn):
-    """The server's id of the session behind ``conn`` (connecting if needed)."""
-    with conn.cursor() as cursor:
-        if conn.vendor == 'postgresql':
-            cursor.execute('SELECT pg_backend_pid()')
-        elif conn.vendor == 'mysql':
-            cursor.execute('SELECT CONNECTION_ID()')
-        else:
-            # SQLite has no server: the DB-API object's identity is the nearest thing.
-            cursor.execute('SELECT 1')
-            return 'sqlite-{0:x}'.format(id(conn.connection))
-        return cursor.fetchone()[0]
 
 
 def _report(alias, backend, **extra):
