@@ -18,6 +18,7 @@ The Celery app (``celeryapp``) reads the rest: ``CDF_MODE``, ``CDF_BROKER_URL``,
 """
 from __future__ import absolute_import
 
+import collections
 import json
 import os
 
@@ -29,8 +30,10 @@ def _conn_max_age(value):
 
 
 def _databases():
-    databases = {'default': dburl.parse(os.environ['CDF_DATABASE_URL'])}
-    for alias, spec in json.loads(os.environ.get('CDF_DATABASES_JSON') or '{}').items():
+    # Ordered, 'default' first and the others by name: Django goes through the aliases in this
+    # order, and on Python 2 a plain dict's order changes with the hash seed.
+    databases = collections.OrderedDict([('default', dburl.parse(os.environ['CDF_DATABASE_URL']))])
+    for alias, spec in sorted(json.loads(os.environ.get('CDF_DATABASES_JSON') or '{}').items()):
         if not isinstance(spec, dict):
             spec = {'url': spec}
         spec = dict(spec)
