@@ -241,6 +241,22 @@ def _error_text(value):
     return repr(value)
 
 
+#: Seconds a provisional result (see :func:`_provisional`) waits for the task's own.
+PROVISIONAL_GRACE = 5.0
+_PROVISIONAL = re.compile(r'^SoftTimeLimitExceeded: (SoftTimeLimitExceeded)?[\[(]*True,?[\])]*$')
+
+
+def _provisional(meta):
+    """Whether ``meta`` is the failure Celery 4.0-4.1's main process stores the moment a soft
+    time limit fires (``SoftTimeLimitExceeded(True)``), before the task has even seen the
+    exception. The task's own outcome (which names its session and process, or is a success
+    if it caught the exception) replaces it when the task ends; Celery 4.2 stopped storing it.
+    """
+    if meta.get('status') != 'FAILURE':
+        return False
+    return bool(_PROVISIONAL.match(_error_text(meta.get('result'))))
+
+
 class Worker(object):
     """One real worker process of the demo app.
 
@@ -424,20 +440,28 @@ class Worker(object):
             sent.append(Outcome(result.id, task, time.time()))
         return sent
 
-    def collect(self, outcomes, timeout=60.0, stall=None, interval=0.02):
+    def collect(self, outcomes, timeout=60.0, stall=None, interval=0.02,
+                provisional_grace=PROVISIONAL_GRACE):
         """Fill in ``outcomes`` as their tasks finish; those not finished within ``timeout``
         seconds stay ``TIMEOUT``. With ``stall``, give up as soon as no task has finished for
-        that many seconds (a hung worker is told from a slow one sooner). Returns
-        ``outcomes``."""
+        that many seconds (a hung worker is told from a slow one sooner). A result the main
+        process stored for the task (see :func:`_provisional`) is taken only if the task's
+        own does not replace it within ``provisional_grace`` seconds. Returns ``outcomes``."""
         deadline = time.time() + timeout
         progress = time.time()
         pending = list(outcomes)
+        provisional_since = {}
         while pending:
             metas = self._fetch([outcome.task_id for outcome in pending])
             now = time.time()
             still = []
             for outcome, meta in zip(pending, metas):
                 state = meta.get('status')
+                if _provisional(meta):
+                    since = provisional_since.setdefault(outcome.task_id, now)
+                    if now - since < provisional_grace and now <= deadline:
+                        still.append(outcome)
+                        continue
                 if state in ('SUCCESS', 'FAILURE', 'REVOKED', 'REJECTED', 'IGNORED'):
                     outcome.state = state
                     outcome.done_at = now

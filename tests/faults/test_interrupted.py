@@ -22,7 +22,6 @@ import time
 
 import pytest
 
-from celery_django_fixup.harness import run
 from celery_django_fixup.harness.run import TIMEOUT
 
 pytestmark = pytest.mark.faults
@@ -45,16 +44,6 @@ MAX_PROBES = 12
 def one(worker, task, kwargs=None):
     outcome = worker.run(task, kwargs=kwargs, timeout=30)[0]
     assert outcome.state != TIMEOUT, (task, worker.log_tail())
-    # Celery 4.0-4.1: when the soft time limit fires, the main process stores a
-    # SoftTimeLimitExceeded(True) of its own at once; the task's own error, which names its
-    # session and process, replaces it a moment later.
-    deadline = time.time() + 5.0
-    while task == 'slow_query' and outcome.pid is None and time.time() < deadline:
-        time.sleep(0.05)
-        again = run.Outcome(outcome.task_id, task, outcome.sent_at)
-        worker.collect([again], timeout=1.0)
-        if again.pid is not None:
-            outcome = again
     return outcome
 
 
