@@ -385,8 +385,8 @@ def micro_child(aliases, url, iterations):
 
     ``hooks``: ``task_prerun`` + ``task_postrun`` with the connections open and unused;
     ``with query``: the same around one ``SELECT 1`` per alias, the least a task that uses
-    its database does, so the patched fix-up's check before reuse (one ``is_usable()``
-    round trip per alias) is in it. Stock closes every connection, so its ``with query``
+    its database does, so the patched fix-up's check before reuse (a zero-wait poll of each
+    kept connection's socket) is in it. Stock closes every connection, so its ``with query``
     includes a new connection per alias and runs fewer iterations.
     """
     from celery_django_fixup.harness.demo import PATH

@@ -1,11 +1,14 @@
 """The mechanics, on real Django connection wrappers (SQLite in memory)."""
 from __future__ import absolute_import
 
+import socket
+
 import pytest
 
 from django.db import connections, transaction
 
-from celery_django_fixup.connections import LazyHealthCheck, discard, for_each
+from celery_django_fixup.connections import (
+    LazyHealthCheck, discard, for_each, socket_is_quiet)
 
 try:
     from unittest import mock
@@ -80,6 +83,69 @@ def test_health_check_runs_before_atomic_touches_the_connection(conn):
         with transaction.atomic():
             assert is_usable.call_count == 1
             conn.cursor().execute('SELECT 1')
+
+
+class SocketConnection(object):
+    """A DB-API connection that exposes its socket as psycopg2's does (``fileno``, ``closed``)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.closed = 0
+
+    def fileno(self):
+        return self.sock.fileno()
+
+
+@pytest.fixture
+def sockets():
+    ours, server = socket.socketpair()
+    yield SocketConnection(ours), server
+    ours.close()
+    server.close()
+
+
+def test_idle_socket_with_nothing_to_read_is_quiet(sockets):
+    dbapi, _ = sockets
+    assert socket_is_quiet(dbapi)
+
+
+@pytest.mark.parametrize('server_does', ['sends', 'closes', 'resets'])
+def test_a_server_that_ends_the_session_is_noticed(sockets, server_does):
+    # pg_terminate_backend, a shutdown, an idle timeout: an error message, then the socket closed.
+    dbapi, server = sockets
+    if server_does == 'sends':
+        server.sendall(b'E')
+    elif server_does == 'closes':
+        server.close()
+    else:
+        server.shutdown(socket.SHUT_RDWR)
+    assert not socket_is_quiet(dbapi)
+
+
+def test_anything_unknown_means_the_full_check(sockets):
+    dbapi, _ = sockets
+    dbapi.closed = 2
+    assert not socket_is_quiet(dbapi)
+    assert not socket_is_quiet(object())  # no fileno (SQLite, MySQLdb)
+    assert not socket_is_quiet(mock.Mock())  # fileno() not an int
+    closed = socket.socket()
+    stale = SocketConnection(closed)
+    closed.close()
+    assert not socket_is_quiet(stale)  # fileno() raises / -1
+
+
+def test_health_check_skips_the_round_trip_on_a_quiet_socket(conn, sockets):
+    dbapi, server = sockets
+    check = LazyHealthCheck()
+    for server_does, round_trips in [('nothing', 0), ('sends', 1)]:
+        if server_does == 'sends':
+            server.sendall(b'E')
+        check.arm(conn)
+        with mock.patch('celery_django_fixup.connections.socket_is_quiet',
+                        side_effect=lambda _: socket_is_quiet(dbapi)):
+            with mock.patch.object(conn, 'is_usable', return_value=True) as is_usable:
+                conn.cursor().execute('SELECT 1')
+        assert is_usable.call_count == round_trips, server_does
 
 
 def test_disarm(conn):
