@@ -241,6 +241,14 @@ def _error_text(value):
     return repr(value)
 
 
+#: Seconds :meth:`Worker.stop` waits for the tasks in flight to finish before SIGTERM.
+IDLE_SETTLE = 3.0
+#: Celery's log lines (4.0-4.4) for a task received, and for one that ended, however it did
+#: ("succeeded in", "raised unexpected", "retry", "ignored"...).
+_RECEIVED = re.compile(r'Received task: [\w.]+\[([0-9a-f-]{36})\]')
+_FINISHED = re.compile(r'\bTask [\w.]+\[([0-9a-f-]{36})\] \w')
+
+
 #: Seconds a provisional result (see :func:`_provisional`) waits for the task's own.
 PROVISIONAL_GRACE = 5.0
 _PROVISIONAL = re.compile(r'^SoftTimeLimitExceeded: (SoftTimeLimitExceeded)?[\[(]*True,?[\])]*$')
@@ -363,12 +371,23 @@ class Worker(object):
                 pass
         return total
 
-    def stop(self, timeout=10.0):
+    def stop(self, timeout=10.0, settle=IDLE_SETTLE):
         """SIGTERM the main process, as a supervisor does; ``'stopped'`` if the worker exits
         within ``timeout`` seconds, ``'hung'`` if not, ``'exited'`` if it had exited before.
-        Then whatever is left of the process group is killed."""
+        Then whatever is left of the process group is killed.
+
+        A task whose result a caller has already read may still be finishing in its pool
+        process (``task_postrun``, the log line, the report to the main process). Up to
+        ``settle`` seconds are given for every task the log shows received to show finished
+        before the signal: Celery 4 raises the shutdown from inside its signal handler, and
+        one that lands while the main process handles such a report can be lost (fixed
+        upstream in 5.3, celery#7339), the worker then running on as if never signalled. A
+        worker whose tasks hang never settles and is signalled all the same.
+        """
         if self.proc is None or self.stop_result is not None:
             return self.stop_result
+        if self.proc.poll() is None and settle:
+            self.wait_until_idle(settle)
         started = time.time()
         if self.proc.poll() is not None:
             result = 'exited'
@@ -377,6 +396,9 @@ class Worker(object):
             while self.proc.poll() is None and time.time() - started < timeout:
                 time.sleep(0.05)
             result = 'stopped' if self.proc.poll() is not None else 'hung'
+            if result == 'hung':
+                self._note_in_log('still running {0:.0f} s after SIGTERM:\n{1}'.format(
+                    timeout, _describe_group(self.proc.pid)))
         self.stop_seconds = round(time.time() - started, 3)
         self.stop_result = result
         self._kill_group()
@@ -421,6 +443,33 @@ class Worker(object):
             return ''
         with open(self.log_path, 'rb') as fh:
             return fh.read().decode('utf-8', 'replace')
+
+    def in_flight(self):
+        """Ids of the tasks the log shows received and not yet finished."""
+        received, finished = set(), set()
+        for line in self.log().splitlines():
+            match = _RECEIVED.search(line)
+            if match:
+                received.add(match.group(1))
+                continue
+            match = _FINISHED.search(line)
+            if match:
+                finished.add(match.group(1))
+        return received - finished
+
+    def wait_until_idle(self, timeout):
+        """Wait up to ``timeout`` seconds for :meth:`in_flight` to be empty; whether it is."""
+        deadline = time.time() + timeout
+        while self.in_flight():
+            if time.time() > deadline or self.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _note_in_log(self, text):
+        if self.log_path:
+            with open(self.log_path, 'a') as fh:
+                fh.write('[harness] {0}\n'.format(text))
 
     def log_tail(self, lines=40):
         return '\n'.join(self.log().splitlines()[-lines:])
@@ -517,6 +566,24 @@ def _decode_meta(backend, value):
         return backend.decode_result(value)
     except (DecodeError, ValueError):
         return {'status': 'PENDING'}
+
+
+def _describe_group(pgid):
+    """One line per live process of group ``pgid``: pid, state, kernel wait, command."""
+    lines = []
+    for pid in _group_members(pgid):
+        facts = []
+        for name in ('stat', 'wchan', 'cmdline'):
+            try:
+                with open('/proc/{0}/{1}'.format(pid, name), 'rb') as fh:
+                    facts.append(fh.read().decode('utf-8', 'replace'))
+            except (IOError, OSError):
+                facts.append('?')
+        stat, wchan, cmdline = facts
+        state = stat.rsplit(')', 1)[-1].split()[0] if ')' in stat else '?'
+        lines.append('  pid {0} state {1} wchan {2}: {3}'.format(
+            pid, state, wchan or '-', cmdline.replace('\0', ' ').strip()[:160]))
+    return '\n'.join(lines) or '  (no process left)'
 
 
 def _signal(pid, signum):

@@ -117,9 +117,12 @@ def test_each_alias_follows_its_own_conn_max_age(databases, start_worker, varian
     worker = start_worker(
         variant, url=first.url, concurrency=CONCURRENCY, conn_max_age=600,
         databases={'zero': {'url': second.url, 'CONN_MAX_AGE': 0}})
+    keeps_default = variant == 'patched' or line.reuses
     outcomes, summary, used = run_tasks(worker)
     zero_open = open_on(second, SETTLE)
-    default_open = first.backends()
+    # Where ``default`` is closed after every task too, its last close may show a moment
+    # after ``zero``'s: it is given the same time to settle.
+    default_open = first.backends() if keeps_default else open_on(first, SETTLE)
     stopped = worker.stop(timeout=10)
     sessions = sessions_after(pair, before, used)
     record('aliases', variant, case='CONN_MAX_AGE 600 and 0 ({0})'.format(vendor),
@@ -129,7 +132,7 @@ def test_each_alias_follows_its_own_conn_max_age(databases, start_worker, varian
     assert stopped == 'stopped', (worker.stop_seconds, worker.log_tail())
     assert sessions['zero'] == TASKS, sessions
     assert zero_open == [], ('CONN_MAX_AGE=0 connections open while idle', zero_open)
-    if variant == 'patched' or line.reuses:
+    if keeps_default:
         assert 1 <= sessions['default'] <= CONCURRENCY, sessions
         # Kept while idle, as CONN_MAX_AGE=600 says.
         assert 1 <= len(default_open) <= CONCURRENCY, default_open

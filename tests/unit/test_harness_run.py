@@ -1,4 +1,4 @@
-"""How the worker harness reads results: Celery 4.0-4.1's early soft-time-limit failure."""
+"""The worker harness: how it reads results and when it stops a worker."""
 from __future__ import absolute_import
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -60,3 +60,23 @@ def test_other_results_are_taken_at_once():
     outcome = collect(results, timeout=5.0)
     assert outcome.backend == 42
     assert results.polls == 1
+
+
+RECEIVED = ('[2026-01-01 10:00:00,000: INFO/MainProcess] Received task: '
+            'cdf_demo.touch[{0}]  \n')
+DONE = ('[2026-01-01 10:00:00,010: INFO/ForkPoolWorker-1] Task cdf_demo.touch[{0}] '
+        '{1}\n')
+IDS = ['2a7f5836-6e32-45dd-b077-8674d286f7f{0}'.format(n) for n in range(4)]
+
+
+def test_tasks_in_flight_are_read_from_the_log(tmpdir):
+    log = tmpdir.join('worker.log')  # where a worker started in ``workdir`` logs
+    log.write(''.join(RECEIVED.format(task_id) for task_id in IDS) +
+              DONE.format(IDS[0], "succeeded in 0.01s: {'pid': 1}") +
+              DONE.format(IDS[1], 'raised unexpected: DemoTaskError()') +
+              DONE.format(IDS[2], 'retry: Retry in 1s'))
+    worker = run.Worker.__new__(run.Worker)
+    worker.workdir = str(tmpdir)
+    assert worker.in_flight() == set([IDS[3]])
+    log.write(DONE.format(IDS[3], 'succeeded in 0.01s: None'), mode='a')
+    assert worker.in_flight() == set()
