@@ -58,7 +58,7 @@ def socket_is_quiet(dbapi_conn):
     ``pg_terminate_backend``, a shutdown or restart, ``idle_session_timeout`` and MySQL's
     ``wait_timeout`` all send an error and/or close the socket, which makes it readable. So a
     quiet socket needs no round trip; anything else (readable, an error, a closed connection,
-    or a driver that does not expose its socket, such as SQLite or MySQLdb) is answered
+    or a driver that does not expose its socket, such as SQLite or PyMySQL) is answered
     ``False`` and the caller falls back to ``is_usable()``. A readable socket can also be a
     harmless ``NOTICE`` or TLS message: ``False`` then costs the round trip and no more.
     """
