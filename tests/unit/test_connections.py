@@ -126,7 +126,7 @@ def test_anything_unknown_means_the_full_check(sockets):
     dbapi, _ = sockets
     dbapi.closed = 2
     assert not socket_is_quiet(dbapi)
-    assert not socket_is_quiet(object())  # no fileno (SQLite, MySQLdb)
+    assert not socket_is_quiet(object())  # no fileno (SQLite, PyMySQL)
     assert not socket_is_quiet(mock.Mock())  # fileno() not an int
     closed = socket.socket()
     stale = SocketConnection(closed)

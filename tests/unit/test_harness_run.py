@@ -1,6 +1,8 @@
 """The worker harness: how it reads results and when it stops a worker."""
 from __future__ import absolute_import
 
+import time
+
 from celery.exceptions import SoftTimeLimitExceeded
 
 from celery_django_fixup.harness import run
@@ -69,14 +71,69 @@ DONE = ('[2026-01-01 10:00:00,010: INFO/ForkPoolWorker-1] Task cdf_demo.touch[{0
 IDS = ['2a7f5836-6e32-45dd-b077-8674d286f7f{0}'.format(n) for n in range(4)]
 
 
-def test_tasks_in_flight_are_read_from_the_log(tmpdir):
-    log = tmpdir.join('worker.log')  # where a worker started in ``workdir`` logs
-    log.write(''.join(RECEIVED.format(task_id) for task_id in IDS) +
-              DONE.format(IDS[0], "succeeded in 0.01s: {'pid': 1}") +
-              DONE.format(IDS[1], 'raised unexpected: DemoTaskError()') +
-              DONE.format(IDS[2], 'retry: Retry in 1s'))
+def make_worker(tmpdir, log_text):
+    tmpdir.join('worker.log').write(log_text)  # where a worker started in ``workdir`` logs
     worker = run.Worker.__new__(run.Worker)
     worker.workdir = str(tmpdir)
+    return worker
+
+
+def test_tasks_in_flight_are_read_from_the_log(tmpdir):
+    worker = make_worker(tmpdir, ''.join(RECEIVED.format(task_id) for task_id in IDS) +
+                         DONE.format(IDS[0], "succeeded in 0.01s: {'pid': 1}") +
+                         DONE.format(IDS[1], 'raised unexpected: DemoTaskError()') +
+                         DONE.format(IDS[2], 'retry: Retry in 1s'))
     assert worker.in_flight() == set([IDS[3]])
-    log.write(DONE.format(IDS[3], 'succeeded in 0.01s: None'), mode='a')
+    tmpdir.join('worker.log').write(DONE.format(IDS[3], 'succeeded in 0.01s: None'), mode='a')
     assert worker.in_flight() == set()
+
+
+class Process(object):
+    """A worker's main process that exits on SIGTERM (``exits=True``) or never does."""
+
+    def __init__(self, exits=True):
+        self.pid = 0
+        self.exits = exits
+        self.returncode = None
+
+    def poll(self):
+        return self.returncode
+
+
+def stopping(tmpdir, monkeypatch, log_text, process, finish_after=None, **kwargs):
+    """``Worker.stop()`` on a fake process; returns the result, when SIGTERM was sent, the log."""
+    worker = make_worker(tmpdir, log_text)
+    worker.proc = process
+    worker.stop_result = None
+    worker._kill_group = lambda: None
+    signalled = []
+
+    def signal(pid, signum):
+        signalled.append(time.time())
+        if process.exits:
+            process.returncode = 0
+    monkeypatch.setattr(run, '_signal', signal)
+    monkeypatch.setattr(run, '_group_members', lambda pgid: [])
+    started = time.time()
+    if finish_after is not None:
+        import threading
+        finisher = threading.Timer(finish_after, lambda: tmpdir.join('worker.log').write(
+            DONE.format(IDS[0], 'succeeded in 0.3s: None'), mode='a'))
+        finisher.start()
+    result = worker.stop(**kwargs)
+    return result, signalled[0] - started, worker.log()
+
+
+def test_stop_waits_for_the_task_in_flight_then_signals(tmpdir, monkeypatch):
+    result, signalled_at, _ = stopping(tmpdir, monkeypatch, RECEIVED.format(IDS[0]),
+                                       Process(), finish_after=0.3)
+    assert result == 'stopped'
+    assert 0.3 <= signalled_at < 2.0
+
+
+def test_stop_signals_a_worker_whose_task_never_finishes(tmpdir, monkeypatch):
+    result, signalled_at, log = stopping(tmpdir, monkeypatch, RECEIVED.format(IDS[0]),
+                                         Process(exits=False), settle=0.2, timeout=0.2)
+    assert result == 'hung'
+    assert 0.2 <= signalled_at < 1.0
+    assert '[harness] still running 0 s after SIGTERM' in log
