@@ -32,11 +32,22 @@ MODE = os.environ.get('CDF_MODE', 'fixups')
 if MODE not in MODES:
     raise ValueError('CDF_MODE must be one of {0}, not {1!r}'.format(MODES, MODE))
 
+
+def _task_modules():
+    """``cdf_demo.tasks`` and every ``cdf_demo/tasks_<topic>.py`` beside it, by name."""
+    folder = os.path.dirname(os.path.abspath(__file__))
+    names = sorted(name[:-3] for name in os.listdir(folder)
+                   if name.startswith('tasks') and name.endswith('.py'))
+    return ['cdf_demo.' + name for name in names]
+
+
+TASK_MODULES = _task_modules()
+
 if MODE == 'import':
     import celery_django_fixup  # noqa: F401 -- installs the patch
-    app = Celery('cdf_demo', include=['cdf_demo.tasks'])
+    app = Celery('cdf_demo', include=TASK_MODULES)
 elif MODE == 'fixups':
-    app = Celery('cdf_demo', include=['cdf_demo.tasks'], fixups=['celery_django_fixup:fixup'])
+    app = Celery('cdf_demo', include=TASK_MODULES, fixups=['celery_django_fixup:fixup'])
 else:
     if 'celery_django_fixup' in sys.modules:
         # A stock worker that has the patch would make every comparison meaningless.
@@ -44,7 +55,7 @@ else:
     if MODE == 'unsafe':
         from cdf_demo import unsafe
         unsafe.install()
-    app = Celery('cdf_demo', include=['cdf_demo.tasks'])
+    app = Celery('cdf_demo', include=TASK_MODULES)
 
 DEFAULT_BROKER = 'redis://127.0.0.1:6379/15'
 
