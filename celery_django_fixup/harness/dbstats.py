@@ -128,6 +128,17 @@ class _Stats(object):
             time.sleep(0.05)
         return True
 
+    def wait_for_backends(self, name, count, timeout=10.0):
+        """The sessions open on the database once there are exactly ``count`` of them, or
+        those open after ``timeout``: a worker closes a connection at the end of a task a
+        moment after the task's result is stored, so what a worker keeps is read this way."""
+        deadline = time.time() + timeout
+        while True:
+            backends = self.backends(name)
+            if len(backends) == count or time.time() > deadline:
+                return backends
+            time.sleep(0.05)
+
     def _backends_named(self, name, application_name):
         if application_name is None:
             return self.backends(name)

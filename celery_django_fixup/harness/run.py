@@ -272,17 +272,22 @@ class Worker(object):
     ``pool``/``concurrency``: ``-P``/``-c``; ``args``: more worker arguments
     (``['--max-tasks-per-child', '5']``, ``['-B']``...); ``conn_max_age``: of every alias
     that does not set its own; ``databases``, ``settings``: see ``cdf_demo.settings``;
-    ``parent_query``: the main process queries every alias before it forks the pool.
+    ``parent_query``: the main process queries every alias before it forks the pool;
+    ``fair``: ``-O fair`` and ``worker_prefetch_multiplier=1``, so that a busy pool process is
+    handed no task (what :meth:`run_each` relies on).
     """
 
     def __init__(self, database_url, mode='fixups', pool='prefork', concurrency=2, args=(),
                  conn_max_age=600, databases=None, settings=None, parent_query=False,
-                 broker=None, env=None, python=None, loglevel='info'):
+                 broker=None, env=None, python=None, loglevel='info', fair=False):
         self.broker = broker or Broker()
         self.mode = mode
         self.pool = pool
         self.concurrency = concurrency
         self.args = list(args)
+        if fair:
+            self.args = ['-O', 'fair'] + self.args
+            settings = dict({'worker_prefetch_multiplier': 1}, **(settings or {}))
         self.python = python or sys.executable
         self.loglevel = loglevel
         self.queue = 'cdf-{0}-{1}'.format(os.getpid(), uuid.uuid4().hex[:10])
@@ -541,6 +546,33 @@ class Worker(object):
             sent = self.send(task, args, kwargs, min(size, count - len(outcomes)), gap,
                              **options)
             outcomes.extend(self.collect(sent, max(0.0, deadline - time.time()), stall))
+        return outcomes
+
+    def run_each(self, task='probe', kwargs=None, timeout=60.0):
+        """Run ``task`` once in every pool process, at the same time: one ``cdf_demo.meet``
+        per process (see ``cdf_demo.tasks_meet``), each waiting for the others before it runs
+        ``task``'s body. Needs a ``fair`` worker; returns the outcomes, one per process (a
+        ``MeetError`` failure if the processes did not all meet within half of ``timeout``).
+        """
+        name = task if '.' in task else 'cdf_demo.' + task
+        folder = os.path.join(self.workdir, 'meet-' + uuid.uuid4().hex[:12])
+        meet = {'folder': folder, 'parties': self.concurrency, 'task': name,
+                'kwargs': kwargs or {}, 'timeout': timeout / 2.0}
+        return self.run('meet', count=self.concurrency, kwargs=meet, timeout=timeout)
+
+    def run_batch(self, task='probe', count=10, kwargs=None, timeout=60.0, stall=None):
+        """``count`` tasks (at least twice ``concurrency``) of which the first and the last of
+        every pool process are known: a :meth:`run_each`, the rest all at once wherever the
+        worker sends them, and a :meth:`run_each` again. Every process runs the batch's first
+        tasks, and holds afterwards what a task of its own left it. Returns the outcomes in
+        that order; needs a ``fair`` worker."""
+        deadline = time.time() + timeout
+        outcomes = self.run_each(task, kwargs, timeout)
+        middle = count - 2 * self.concurrency
+        if middle > 0:
+            outcomes.extend(self.run(task, count=middle, kwargs=kwargs,
+                                     timeout=max(0.0, deadline - time.time()), stall=stall))
+        outcomes.extend(self.run_each(task, kwargs, max(10.0, deadline - time.time())))
         return outcomes
 
     def _fetch(self, task_ids):

@@ -118,6 +118,9 @@ class MysqlScratch(object):
     def wait_for_no_backends(self, timeout=10.0):
         return self.stats.wait_for_no_backends(self.name, timeout)
 
+    def wait_for_backends(self, count, timeout=10.0):
+        return self.stats.wait_for_backends(self.name, count, timeout)
+
 
 @pytest.fixture(scope='session')
 def mariadb(missing):
