@@ -49,7 +49,7 @@ SCENARIOS = [
     ('killed', '2. Backend killed between tasks'),
     ('restart', '3. Server restart'),
     ('idle_timeout', '4. Server idle timeout'),
-    ('interrupted', '5. Interrupted or failed task'),
+    ('interrupted', '5. Interrupted or failed task (prefork -c 1)'),
     ('aliases', '6. Two aliases'),
     ('pools', '7. Pools'),
     ('soak', '8. Soak, 10,000 tasks'),
