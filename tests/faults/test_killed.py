@@ -12,16 +12,19 @@ the distinct ``CONNECTION_ID()`` the tasks report on MariaDB (whose counter is s
 Stock Celery: 4.2-4.3 and 4.4.4+ hand the dead connection to the next task on each process
 that held one (a failed task per process and kill); 4.0-4.1 and 4.4.0-4.4.3 keep nothing
 between tasks, so nothing can be ended, at the price of one session per task.
+
+Which process takes a task is not left to chance: each batch begins and ends with a task on
+every pool process (``Worker.run_batch``), so every process holds a connection when the
+sessions are ended, and every process's next task is the one that meets the ended session.
 """
 from __future__ import absolute_import
 
 import os
-import time
 
 import pytest
 
 from celery_django_fixup.harness import run
-from celery_django_fixup.harness.run import TIMEOUT, summarize
+from celery_django_fixup.harness.run import summarize
 
 pytestmark = pytest.mark.faults
 
@@ -55,26 +58,24 @@ def test_backend_killed_between_tasks(variant, target, start_worker, line, recor
     vendor, db, broker_name, broker = target
     before = db.sessions() if vendor == 'postgresql' else None
     worker = start_worker(variant, url=db.url, concurrency=CONCURRENCY, conn_max_age=600,
-                          broker=broker)
-    first = worker.run('touch', count=BATCH, timeout=30, stall=10)
+                          broker=broker, fair=True)
+    keeps = variant == 'patched' or line.reuses
+    first = worker.run_batch('probe', BATCH, timeout=60, stall=10)
     assert summarize(first)['ok'] == BATCH, (first[:3], worker.log_tail())
 
-    process_of = dict((outcome.backend, outcome.pid) for outcome in first)
-    ended, after, affected, reused_dead = [], [], [], set()
+    ended, after, firsts, reused_dead = [], [], [], set()
     for _ in range(KILLS):
-        # A moment between tasks: a close at the end of the last task is done by then.
-        time.sleep(0.2)
-        kept = db.backends()
+        # What the worker keeps between tasks, once the closes at the end of its last tasks
+        # have shown on the server: a connection per process, or none.
+        kept = db.wait_for_backends(CONCURRENCY if keeps else 0)
         killed = db.terminate()
         assert sorted(killed) == sorted(kept)
         assert db.wait_for_no_backends(), db.backends()
         ended.extend(killed)
-        hit = set(process_of[backend] for backend in killed if backend in process_of)
-        batch = worker.run('touch', count=BATCH, timeout=30, stall=10)
+        batch = worker.run_batch('probe', BATCH, timeout=60, stall=10)
         after.extend(batch)
-        affected.extend(outcome for outcome in batch if outcome.pid in hit or
-                        (not outcome.ok and outcome.state != TIMEOUT))
-        process_of.update((outcome.backend, outcome.pid) for outcome in batch if outcome.ok)
+        # The first task of every process after the kill.
+        firsts.extend(batch[:CONCURRENCY])
         # A task that reports a session ended before it was sent ran on a dead connection.
         reused_dead.update(set(ended) & set(outcome.backend for outcome in batch if outcome.ok))
     stopped = worker.stop(timeout=10)
@@ -91,12 +92,16 @@ def test_backend_killed_between_tasks(variant, target, start_worker, line, recor
     context = explain(facts, after, worker)
     assert stopped == 'stopped', context
     assert summary['timeout'] == 0, context
+    # Each batch began with a task on every process.
+    for index in range(0, len(firsts), CONCURRENCY):
+        pids = set(outcome.pid for outcome in firsts[index:index + CONCURRENCY])
+        assert len(pids) == CONCURRENCY and None not in pids, context
 
-    if variant == 'patched' or line.reuses:
-        # The worker kept its connections between tasks: there was something to kill, and
-        # tasks ran on the processes whose connection was ended.
-        assert len(ended) >= KILLS, context
-        assert affected, context
+    if keeps:
+        # The worker kept a connection per process between tasks, and each was ended.
+        assert len(ended) == CONCURRENCY * KILLS, context
+    else:
+        assert ended == [], context
     if variant == 'patched':
         assert summary['ok'] == BATCH * KILLS, context
         assert not reused_dead, context
@@ -105,8 +110,10 @@ def test_backend_killed_between_tasks(variant, target, start_worker, line, recor
         if vendor == 'postgresql':
             assert sessions == len(reported), context
     elif line.reuses:
-        # The dead connection goes to the next task on each process that held one.
-        assert summary['failed'] >= 1, context
+        # The dead connection goes to the next task on each process: that task fails, and
+        # the next one reconnects.
+        assert all(not outcome.ok for outcome in firsts), context
+        assert summary['failed'] == CONCURRENCY * KILLS, context
     else:
         # Nothing kept, nothing to kill: a new session for every task instead.
         assert summary['ok'] == BATCH * KILLS, context

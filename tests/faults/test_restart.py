@@ -14,6 +14,10 @@ restart ran on a dead connection.
 
 Stock Celery: 4.2-4.3 and 4.4.4+ hand the dead connection to the next task on each process
 that held one; 4.0-4.1 and 4.4.0-4.4.3 keep nothing between tasks.
+
+Each batch around a restart begins and ends with a task on every pool process
+(``Worker.run_batch``): every process holds a connection when the server goes, and its next
+task is the one that meets the dead connection.
 """
 from __future__ import absolute_import
 
@@ -22,7 +26,7 @@ import time
 import pytest
 
 from celery_django_fixup.harness import dbstats, run
-from celery_django_fixup.harness.run import TIMEOUT, summarize
+from celery_django_fixup.harness.run import summarize
 
 pytestmark = pytest.mark.faults
 
@@ -60,30 +64,41 @@ def open_sessions(cluster, name):
         'SELECT pid FROM pg_stat_activity WHERE datname = %s ORDER BY pid', (name,))]
 
 
+def kept_sessions(cluster, name, count, timeout=10.0):
+    """The sessions open on ``name`` once there are ``count`` of them (or after ``timeout``):
+    the closes at the end of the worker's last tasks show on the server a moment later."""
+    deadline = time.time() + timeout
+    while True:
+        sessions = open_sessions(cluster, name)
+        if len(sessions) == count or time.time() > deadline:
+            return sessions
+        time.sleep(0.05)
+
+
 def test_server_restart(variant, cluster, cluster_db, start_worker, line, record, explain):
     name, url = cluster_db
-    worker = start_worker(variant, url=url, concurrency=CONCURRENCY, conn_max_age=600)
+    worker = start_worker(variant, url=url, concurrency=CONCURRENCY, conn_max_age=600,
+                          fair=True)
+    keeps = variant == 'patched' or line.reuses
     processes = worker.processes()
-    first = worker.run('touch', count=BATCH, timeout=30, stall=10)
+    first = worker.run_batch('probe', BATCH, timeout=60, stall=10)
     assert summarize(first)['ok'] == BATCH, (first[:3], worker.log_tail())
 
     # 1. Restarts between two tasks of the stream.
-    process_of = dict((outcome.backend, outcome.pid) for outcome in first)
-    after, affected, reused_dead, dead = [], [], set(), set()
+    after, firsts, reused_dead, dead, held = [], [], set(), set(), []
     seconds = {}
     for mode in RESTARTS:
-        time.sleep(0.2)
-        kept = open_sessions(cluster, name)
+        # What the worker keeps: a connection per process, or none once its closes show.
+        kept = kept_sessions(cluster, name, CONCURRENCY if keeps else 0)
         started = time.time()
         cluster.restart(mode)
         seconds[mode] = round(time.time() - started, 3)
         dead.update(kept)
-        hit = set(process_of[backend] for backend in kept if backend in process_of)
-        batch = worker.run('touch', count=BATCH, timeout=30, stall=10)
+        held.append(len(kept))
+        batch = worker.run_batch('probe', BATCH, timeout=60, stall=10)
         after.extend(batch)
-        affected.extend(outcome for outcome in batch if outcome.pid in hit or
-                        (not outcome.ok and outcome.state != TIMEOUT))
-        process_of.update((outcome.backend, outcome.pid) for outcome in batch if outcome.ok)
+        # The first task of every process after the restart.
+        firsts.extend(batch[:CONCURRENCY])
         reused_dead.update(dead & set(outcome.backend for outcome in batch if outcome.ok))
 
     # 2. An outage with tasks arriving, then the server back.
@@ -116,15 +131,24 @@ def test_server_restart(variant, cluster, cluster_db, start_worker, line, record
     assert stopped == 'stopped', context
     assert summary['timeout'] == 0 and back_summary['timeout'] == 0, context
 
-    if variant == 'patched' or line.reuses:
-        assert dead and affected, context
+    # Each batch began with a task on every process.
+    for index in range(0, len(firsts), CONCURRENCY):
+        pids = set(outcome.pid for outcome in firsts[index:index + CONCURRENCY])
+        assert len(pids) == CONCURRENCY and None not in pids, context
+    if keeps:
+        # Every process held a connection when the server went.
+        assert held == [CONCURRENCY] * len(RESTARTS), (held, context)
+    else:
+        assert held == [0] * len(RESTARTS), (held, context)
     if variant == 'patched':
         assert summary['ok'] == BATCH * len(RESTARTS), context
         assert back_summary['ok'] == BATCH, context
         assert not reused_dead, context
     elif line.reuses:
-        # The dead connection goes to the next task on each process that held one.
-        assert summary['failed'] >= 1, context
+        # The dead connection goes to the next task on each process: that task fails, and
+        # the next one reconnects.
+        assert all(not outcome.ok for outcome in firsts), context
+        assert summary['failed'] == CONCURRENCY * len(RESTARTS), context
     else:
         assert summary['ok'] == BATCH * len(RESTARTS), context
         assert back_summary['ok'] == BATCH, context

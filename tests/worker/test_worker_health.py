@@ -10,28 +10,31 @@ pytestmark = pytest.mark.worker
 BATCH = 20
 
 
-def kill_between_batches(pg_db, start_worker, **kwargs):
-    """Run a batch of ``touch``, end every session left on the server, run another batch.
+def kill_between_batches(pg_db, start_worker, keeps=True, **kwargs):
+    """Run a batch of tasks, end every session left on the server, run another batch.
 
-    Returns the sessions that were ended, the second batch's summary and its outcomes on the
-    processes whose connection was ended (the only ones that can show anything).
+    Each batch begins and ends with a task on every pool process (``Worker.run_batch``), so
+    every process holds a connection when the sessions are ended (if the worker ``keeps``
+    them at all), and its next task is the one that meets the ended session. Returns the
+    sessions that were ended, the second batch's summary and the first task of every process
+    after the kill.
     """
-    worker = start_worker(concurrency=2, conn_max_age=600, **kwargs)
-    first = worker.run('touch', count=BATCH, timeout=30)
+    worker = start_worker(concurrency=2, conn_max_age=600, fair=True, **kwargs)
+    first = worker.run_batch('probe', BATCH, timeout=60)
     assert summarize(first)['ok'] == BATCH, (first[:5], worker.log_tail())
-    kept = pg_db.backends()
+    # Read once the closes at the end of the last tasks have shown on the server.
+    kept = pg_db.wait_for_backends(2 if keeps else 0)
     ended = pg_db.terminate()
     assert sorted(ended) == sorted(kept)
     assert pg_db.wait_for_no_backends(), pg_db.backends()
-    pids_ended = set(outcome.pid for outcome in first if outcome.backend in ended)
 
-    second = worker.run('touch', count=BATCH, timeout=30)
+    second = worker.run_batch('probe', BATCH, timeout=60)
     assert worker.stop(timeout=10) == 'stopped', worker.log_tail()
-    affected = [outcome for outcome in second
-                if outcome.pid in pids_ended or (not outcome.ok and outcome.state != 'TIMEOUT')]
-    if ended:
-        # Otherwise nothing was tested: no task ran where a connection had been ended.
-        assert affected, (pids_ended, second)
+    affected = second[:2]
+    assert len(set(outcome.pid for outcome in affected)) == 2, affected
+    if keeps:
+        # Every process held a connection, and each was ended.
+        assert len(ended) == 2, (kept, ended)
     return set(ended), summarize(second), affected
 
 
@@ -47,16 +50,20 @@ def test_without_health_checks_the_next_task_fails(pg_db, start_worker):
     ended, summary, affected = kill_between_batches(
         pg_db, start_worker, mode='fixups', settings={'CELERY_DB_HEALTH_CHECKS': False})
     assert ended, 'the worker kept no connection after the first batch'
-    assert summary['failed'] >= 1, summary
+    # The first task of each process after the kill fails.
+    assert all(not outcome.ok for outcome in affected), affected
+    assert summary['failed'] >= len(affected), summary
     assert summary['timeout'] == 0, summary
 
 
 def test_stock_worker_does_what_its_line_does(pg_db, start_worker, line):
-    ended, summary, affected = kill_between_batches(pg_db, start_worker, mode='stock')
+    ended, summary, affected = kill_between_batches(pg_db, start_worker, keeps=line.reuses,
+                                                    mode='stock')
     if line.reuses:
-        # 4.2-4.3 and 4.4.4+ hand the dead connection to the next task.
+        # 4.2-4.3 and 4.4.4+ hand the dead connection to the next task of each process.
         assert ended, 'the worker kept no connection after the first batch'
-        assert summary['failed'] >= 1, (line, summary)
+        assert all(not outcome.ok for outcome in affected), (line, affected)
+        assert summary['failed'] == len(affected), (line, summary)
     else:
         # Celery that closes after every task keeps nothing that could be ended.
         assert not ended, (line, ended)
