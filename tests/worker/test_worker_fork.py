@@ -33,9 +33,10 @@ def test_stock_children_and_the_inherited_connection(pg_db, start_worker, line):
     """Stock Celery, as each line really behaves: 4.2-4.3 break, the others close after fork."""
     worker = start_worker(mode='stock', concurrency=2, conn_max_age=600, parent_query=True)
     # The patched worker needs well under a second for all of them; a hung child takes no
-    # more tasks, so 3 s without any finishing means the rest will not come.
-    outcomes = worker.run('touch', count=TASKS, timeout=20, stall=3)
-    stopped = worker.stop(timeout=5)
+    # more tasks, so 10 s without any finishing (a loaded machine included) means the rest
+    # will not come.
+    outcomes = worker.run('touch', count=TASKS, timeout=60, stall=10)
+    stopped = worker.stop(timeout=10)
     summary = summarize(outcomes)
     if line.after_fork == 'close_if_unusable_or_obsolete':
         assert summary['failed'] or summary['timeout'] or stopped == 'hung', (summary, stopped)
