@@ -29,7 +29,8 @@ CONCURRENCY = 2
 ALIASES = ['default', 'zero']
 #: Seconds a close at the end of a task may take to show on the server: the result is stored
 #: before ``task_postrun`` runs, so the last task's close comes a moment after its result.
-SETTLE = 3.0
+#: Polled, so a loaded machine gets all of it.
+SETTLE = 10.0
 
 
 class PostgresDatabase(object):

@@ -9,10 +9,11 @@ pytestmark = pytest.mark.worker
 UNSAFE = ['fail', 'atomic_error', 'autocommit_off', 'slow_query']
 
 
-def run_sequence(worker):
-    """``touch``, then each unsafe task followed by a ``touch``; one task at a time."""
+def run_sequence(worker, unsafe=UNSAFE):
+    """``touch``, then each unsafe task followed by a ``touch``; one task at a time (one pool
+    process: the task after an unsafe one is the next task of its process)."""
     steps = []
-    for task in ['touch', 'touch'] + [name for task in UNSAFE for name in (task, 'touch')]:
+    for task in ['touch', 'touch'] + [name for task in unsafe for name in (task, 'touch')]:
         outcome = worker.run(task, timeout=30)[0]
         assert outcome.state != 'TIMEOUT', (task, worker.log_tail())
         steps.append(outcome)
@@ -40,7 +41,8 @@ def test_failed_task_connection_is_replaced(pg_db, start_worker):
 
 def test_stock_worker_does_what_its_line_does(pg_db, start_worker, line):
     worker = start_worker(mode='stock', concurrency=1, conn_max_age=600)
-    steps = run_sequence(worker)
+    # Only what is checked: a stock process that an unsafe task leaves stuck is no concern here.
+    steps = run_sequence(worker, unsafe=['fail'])
     worker.stop(timeout=10)
     touch, again, fail, after_fail = steps[:4]
     if line.reuses:
