@@ -386,13 +386,19 @@ class Worker(object):
         ``settle`` seconds are given for every task the log shows received to show finished
         before the signal: Celery 4 raises the shutdown from inside its signal handler, and
         one that lands while the main process handles such a report can be lost (fixed
-        upstream in 5.3, celery#7339), the worker then running on as if never signalled. A
-        worker whose tasks hang never settles and is signalled all the same.
+        upstream in 5.3, celery#7339), the worker then running on as if never signalled. The
+        log shows a task finished before its pool process has reported it to the main process,
+        so the signal also waits (within ``settle``) until every process of the worker is seen
+        asleep. A worker whose tasks hang never settles and is signalled all the same.
         """
         if self.proc is None or self.stop_result is not None:
             return self.stop_result
         if self.proc.poll() is None and settle:
-            self.wait_until_idle(settle)
+            deadline = time.time() + settle
+            if self.wait_until_idle(settle):
+                # A pool process logs a task finished before it reports it to the main
+                # process: the signal waits until that report has been taken too.
+                _wait_until_asleep(self.proc.pid, max(0.5, deadline - time.time()))
         started = time.time()
         if self.proc.poll() is not None:
             result = 'exited'
@@ -616,6 +622,36 @@ def _describe_group(pgid):
         lines.append('  pid {0} state {1} wchan {2}: {3}'.format(
             pid, state, wchan or '-', cmdline.replace('\0', ' ').strip()[:160]))
     return '\n'.join(lines) or '  (no process left)'
+
+
+def _process_state(pid):
+    try:
+        with open('/proc/{0}/stat'.format(pid)) as fh:
+            stat = fh.read()
+    except (IOError, OSError):
+        return None
+    fields = stat.rsplit(')', 1)[-1].split()
+    return fields[0] if fields else None
+
+
+def _wait_until_asleep(pgid, timeout, samples=3, interval=0.05):
+    """Wait up to ``timeout`` seconds until every process of group ``pgid`` is seen asleep
+    (``S``) ``samples`` times in a row: none of them has work at hand, not even a report a
+    pool process wrote to the main process (whose wait that report ends). Whether that was
+    seen; True at once where there is no ``/proc``."""
+    if not os.path.isdir('/proc'):
+        return True
+    deadline = time.time() + timeout
+    quiet = 0
+    while quiet < samples:
+        states = [_process_state(pid) for pid in _group_members(pgid)]
+        quiet = quiet + 1 if all(state in ('S', None) for state in states) else 0
+        if quiet >= samples:
+            break
+        if time.time() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def _signal(pid, signum):
