@@ -1,4 +1,5 @@
-"""The shipped upstream diffs: lookup, pure-Python application, and regeneration.
+"""The shipped upstream backports (patches/upstream-backports/: a record of Celery 4.4.4's own
+fix-up, not this package's change): lookup, pure-Python application, and regeneration.
 
 Every test runs in every supported environment (no skips): where the installed Celery needs a
 diff, that diff is applied to the installed ``celery/fixups/django.py``; on 4.4.4 and later the
@@ -22,7 +23,7 @@ from celery_django_fixup import upstream_patches as up
 from celery_django_fixup import versions
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REPO_PATCHES = os.path.join(REPO, 'patches')
+REPO_PATCHES = os.path.join(REPO, 'patches', 'upstream-backports')
 SCRIPT = os.path.join(REPO, 'scripts', 'make_patches.py')
 
 SUPPORTED = [tuple(int(p) for p in v.split('.')) for v in (
@@ -270,6 +271,11 @@ def test_unsupported_releases_have_no_diff(version):
 def test_headers_name_bases_upstream_and_licence():
     for patch in up.patches():
         head = '\n'.join(patch.header)
+        # A record of upstream's fix, and it says so before anything else.
+        assert patch.header[0] == (
+            "Upstream backport for celery/fixups/django.py: Celery 4.4.4's own fix-up, which "
+            "is NOT what celery-django-fixup does")
+        assert '"celery-django-fixup diff" shows the package\'s own change' in head
         assert patch.name.startswith('celery-{0}'.format('.'.join(map(str, patch.bases[0]))))
         assert any('celery/celery#4292' in u for u in patch.upstream)
         assert any('celery/celery#6134' in u for u in patch.upstream)
