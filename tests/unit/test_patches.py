@@ -1,4 +1,8 @@
-"""The shipped upstream backports (patches/upstream-backports/: a record of Celery 4.4.4's own
+"""What ``celery-django-fixup diff`` shows, and the shipped upstream backports.
+
+The first part checks :mod:`celery_django_fixup.showdiff`: every method of the patched class is
+shown, with a reason from ``OVERRIDES`` that matches the class. The rest checks the backports of
+celery#4292 and celery#6134 in ``patches/upstream-backports/`` (a record of Celery 4.4.4's own
 fix-up, not this package's change): lookup, pure-Python application, and regeneration.
 
 Every test runs in every supported environment (no skips): where the installed Celery needs a
@@ -19,8 +23,9 @@ import types
 
 import pytest
 
+from celery_django_fixup import showdiff
 from celery_django_fixup import upstream_patches as up
-from celery_django_fixup import versions
+from celery_django_fixup import versions, worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPO_PATCHES = os.path.join(REPO, 'patches', 'upstream-backports')
@@ -137,6 +142,133 @@ def _run(args, timeout=60):
         time.sleep(0.05)
     out.seek(0)
     return proc.returncode, out.read().decode('utf-8')
+
+
+# -- celery-django-fixup diff: the patched class against Celery's ------------------------------
+
+def _class_methods(cls):
+    """Names of the functions, static and class methods and properties ``cls`` defines."""
+    return set(name for name, value in vars(cls).items()
+               if isinstance(value, (types.FunctionType, property, staticmethod, classmethod)))
+
+
+def test_every_method_of_the_patched_class_is_shown():
+    methods = showdiff.changes()
+    defined = _class_methods(worker.DjangoWorkerFixup)
+    assert defined, 'the patched class defines no method?'
+    assert sorted(method.name for method in methods) == sorted(defined)
+    upstream = worker.upstream_class()
+    for method in methods:
+        has_it = any(method.name in vars(klass) for klass in upstream.__mro__
+                     if klass is not object)
+        assert method.status == ('changed' if has_it else 'added'), method
+        assert (method.upstream_source is None) == (method.status == 'added'), method
+        assert method.patched_source.strip() and method.diff, method
+
+
+def test_every_method_has_a_reason_and_every_reason_a_method():
+    """``OVERRIDES`` (name -> reason) matches the patched class: no method without a reason,
+    no reason for a method the class inherits or that does not exist."""
+    reasons = showdiff.reasons_for(worker.DjangoWorkerFixup)
+    methods = showdiff.changes()
+    assert showdiff.problems(methods, reasons) == []
+    assert sorted(reasons) == sorted(_class_methods(worker.DjangoWorkerFixup))
+    for name, reason in reasons.items():
+        assert isinstance(reason, str) and reason.strip() and '\n' not in reason.strip(), name
+
+
+class _Mixin(object):
+    def mixed_in(self):
+        return up.patch_for()
+
+
+def _sample_class():
+    """A patched class with a changed method, an added one, a property, a static method and
+    a mixin, checked against the real Celery class."""
+    upstream = worker.upstream_class()
+
+    class Sample(_Mixin, upstream):
+        def install(self):
+            return super(Sample, self).install()
+
+        def added(self):
+            return up.patches(), showdiff.PACKAGE
+
+        @property
+        def a_property(self):
+            return up.Patch
+
+        @staticmethod
+        def a_static():
+            return None
+
+    return Sample, upstream
+
+
+def test_changed_added_and_mixed_in_members_are_found():
+    sample, upstream = _sample_class()
+    methods = dict((m.name, m) for m in showdiff.changes(sample, upstream, reasons={}))
+    assert sorted(methods) == ['a_property', 'a_static', 'added', 'install', 'mixed_in']
+    assert methods['install'].status == 'changed'
+    assert methods['install'].upstream == 'celery.fixups.django.{0}.install'.format(
+        upstream.__name__)
+    assert methods['install'].upstream_source.startswith('def install(self):\n')
+    assert '-    signals.worker_process_init.connect(self.on_worker_process_init)\n' in \
+        methods['install'].diff
+    assert '+    return super(Sample, self).install()\n' in methods['install'].diff
+    for name in ('added', 'a_property', 'a_static', 'mixed_in'):
+        assert methods[name].status == 'added' and methods[name].upstream_source is None
+        assert methods[name].diff.startswith('--- /dev/null\n+++ ')
+    assert methods['a_property'].patched_source.startswith('@property\n')
+    assert methods['a_static'].patched_source.startswith('@staticmethod\n')
+    # Helpers: this package's functions and classes, by a global name or through a module,
+    # never the class itself (super(Sample, ...)) nor anything outside the package.
+    assert methods['added'].helpers == ['celery_django_fixup.upstream_patches.patches']
+    assert methods['a_property'].helpers == ['celery_django_fixup.upstream_patches.Patch']
+    assert methods['mixed_in'].helpers == ['celery_django_fixup.upstream_patches.patch_for']
+    assert methods['install'].helpers == [] and methods['a_static'].helpers == []
+    helpers = showdiff.helper_sources(['celery_django_fixup.upstream_patches.patch_for'])
+    # ... and the helpers of helpers, each once.
+    calls = helpers['celery_django_fixup.upstream_patches.patch_for']['helpers']
+    assert 'celery_django_fixup.upstream_patches.patches' in calls
+    assert 'celery_django_fixup.upstream_patches.Patch' in helpers
+    assert helpers['celery_django_fixup.upstream_patches.patches']['source'].startswith(
+        'def patches(directory=None):\n')
+
+
+def test_mismatched_reasons_are_reported():
+    sample, upstream = _sample_class()
+    reasons = {
+        'install': 'a reason',
+        'added': '  ',                                  # blank: no reason
+        'on_task_prerun': 'inherited, not overridden',  # Celery's, and Sample does not override it
+        'gone': 'a method neither class has',
+    }
+    methods = showdiff.changes(sample, upstream, reasons)
+    assert sorted(showdiff.problems(methods, reasons, upstream)) == [
+        'OVERRIDES gives a reason for gone, which neither class has',
+        "OVERRIDES gives a reason for on_task_prerun, but the patched class inherits it from "
+        "Celery's (no override)",
+        'a_property is added but OVERRIDES gives no reason',
+        'a_static is added but OVERRIDES gives no reason',
+        'added is added but OVERRIDES gives no reason',
+        'mixed_in is added but OVERRIDES gives no reason',
+    ]
+    reasons.update(added='one', a_property='two', a_static='three', mixed_in='four')
+    del reasons['gone'], reasons['on_task_prerun']
+    assert showdiff.problems(methods, reasons, upstream) == []
+
+
+def test_reasons_are_read_from_the_class_then_its_module():
+    patched = worker.DjangoWorkerFixup
+    expected = getattr(patched, 'OVERRIDES', None)
+    if not isinstance(expected, dict):
+        expected = worker.OVERRIDES
+    assert showdiff.reasons_for(patched) == expected
+    sample, _ = _sample_class()
+    assert showdiff.reasons_for(sample) == {}   # neither the class nor this module has any
+    sample.OVERRIDES = {'install': 'on the class'}
+    assert showdiff.reasons_for(sample) == {'install': 'on the class'}
 
 
 # -- the installed Celery -------------------------------------------------------------------
