@@ -5,9 +5,12 @@ Everything that depends on the installed Celery release lives here, so supportin
 """
 from __future__ import absolute_import
 
+import sys
+
 __all__ = (
     'SUPPORTED_CELERY', 'SUPPORTED_DJANGO', 'CeleryLine', 'LINES',
-    'celery_version', 'django_version', 'line_for', 'unsupported_reason', 'fd_owner',
+    'celery_version', 'django_version', 'line_for', 'unsupported_reason',
+    'task_failure_signals', 'exception_in_flight',
 )
 
 #: Celery releases the patched fix-up is written and tested against (inclusive).
@@ -127,10 +130,18 @@ def unsupported_reason(celery=None, django=None):
     return None
 
 
-def fd_owner(connection):
-    """What upstream's ``_maybe_close_db_fd`` takes for a Django connection wrapper.
+def task_failure_signals():
+    """The signals Celery sends when a task fails, including after its ``task_postrun``
+    (``task_internal_error``: Celery 4.1+)."""
+    from celery import signals
+    return [signal for signal in (signals.task_failure,
+                                  getattr(signals, 'task_internal_error', None))
+            if signal is not None]
 
-    Up to Celery 4.4.x it is the DB-API connection (``wrapper.connection``); Celery 5.5 passes
-    the wrapper itself.
-    """
-    return connection.connection
+
+def exception_in_flight():
+    """The exception propagating through the caller's ``finally`` block, if the interpreter
+    says (Python 3); None on Python 2, where ``sys.exc_info()`` shows only handled ones."""
+    if sys.version_info[0] < 3:
+        return None
+    return sys.exc_info()[1]

@@ -53,9 +53,13 @@ class FakeConnection(object):
 
 class FakeDbapiConnection(object):
     fd = 1000
+    closed = 0
 
     def fileno(self):
         return self.fd
+
+    def close(self):
+        self.closed = 1
 
 
 class FakeConnectionHandler(object):
