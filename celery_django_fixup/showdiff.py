@@ -52,6 +52,13 @@ def _functions(value):
     return None
 
 
+def _kind(value):
+    for kind in (property, staticmethod, classmethod):
+        if isinstance(value, kind):
+            return kind.__name__
+    return 'function'
+
+
 def is_method(value):
     """True for what :func:`changes` lists: a function, static or class method, or property."""
     functions = _functions(value)
@@ -171,9 +178,12 @@ class Method(object):
     """One member of the patched class that is not Celery's: see :meth:`as_dict`."""
 
     def __init__(self, name, status, reason, upstream, upstream_source, upstream_location,
-                 patched, patched_source, patched_location, helpers):
+                 patched, patched_source, patched_location, helpers, kind='function',
+                 used_by=()):
         self.name = name
         self.status = status
+        self.kind = kind
+        self.used_by = list(used_by)
         self.reason = reason
         self.upstream = upstream
         self.upstream_source = upstream_source
@@ -185,6 +195,14 @@ class Method(object):
 
     def __repr__(self):
         return '<Method {0} {1}>'.format(self.name, self.status)
+
+    @property
+    def needs_reason(self):
+        """Whether ``OVERRIDES`` must give a reason: for everything that replaces Celery's code
+        and for every public function added; a private helper or a property added is shown
+        with the members that use it instead."""
+        return self.status == CHANGED or (self.kind == 'function' and
+                                          not self.name.startswith('_'))
 
     @property
     def diff(self):
@@ -203,7 +221,9 @@ class Method(object):
         return {
             'name': self.name,
             'status': self.status,
+            'kind': self.kind,
             'reason': self.reason,
+            'used_by': list(self.used_by),
             'upstream': self.upstream,
             'upstream_source': self.upstream_source,
             'upstream_location': list(self.upstream_location) if self.upstream else None,
@@ -266,9 +286,32 @@ def changes(patched=None, upstream=None, reasons=None):
                 old_source = '{0} = {1!r}\n'.format(name, old)
                 old_location = (_short(inspect.getsourcefile(base), base.__module__), 0)
         result.append(Method(name, status, reasons.get(name), old_name, old_source,
-                             old_location, what, source, _location(functions), helpers))
+                             old_location, what, source, _location(functions), helpers,
+                             kind=_kind(value)))
     result.sort(key=lambda method: (method.patched_location, method.name))
+    names = set(klass.__name__ for klass in own)
+    uses = dict((method.name, _members_used(method.patched_source, names))
+                for method in result)
+    for method in result:
+        method.used_by = [other.name for other in result
+                          if other is not method and method.name in uses[other.name]]
     return result
+
+
+def _members_used(source, class_names):
+    """Attribute names ``source`` reads from ``self``, ``cls``, its own classes, ``super()``
+    or ``type(self)``: the members of the class it uses."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        value = node.value
+        if isinstance(value, ast.Name) and value.id in (set(['self', 'cls']) | class_names):
+            found.add(node.attr)
+        elif isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and \
+                value.func.id in ('super', 'type'):
+            found.add(node.attr)
+    return found
 
 
 def helper_sources(names):
@@ -295,17 +338,23 @@ def helper_sources(names):
 
 def problems(methods, reasons, upstream=None):
     """What is wrong between the methods and ``OVERRIDES`` (a list of sentences, empty when
-    they match): a method with no reason, a reason for a method that Celery's class has but
-    the patched one inherits (no override), a reason for a method neither class has."""
+    they match): a method that needs a reason (see :attr:`Method.needs_reason`) and has none,
+    a reason for a method that Celery's class has but the patched one inherits (no override),
+    a reason for a method neither class has."""
     if upstream is None:
         from .worker import upstream_class
         upstream = upstream_class()
     out = []
     defined = set(method.name for method in methods)
     for method in methods:
-        if not (reasons.get(method.name) or '').strip():
+        if (reasons.get(method.name) or '').strip():
+            continue
+        if method.needs_reason:
             out.append('{0} is {1} but OVERRIDES gives no reason'.format(
                 method.name, method.status))
+        elif not method.used_by:
+            out.append('{0} is added, and neither OVERRIDES gives a reason nor does another '
+                       'member of the class use it'.format(method.name))
     for name in sorted(set(reasons) - defined):
         if _upstream_member(upstream, name)[0] is not None:
             out.append('OVERRIDES gives a reason for {0}, but the patched class inherits it '
@@ -358,8 +407,9 @@ def format_report(data):
             data['celery']),
         '#   upstream: {0} ({1})'.format(data['upstream_class'], data['upstream_file']),
         '#   patched:  {0} ({1})'.format(data['patched_class'], data['patched_file']),
-        '# {0} methods changed, {1} added; each with its reason, a diff of the whole method, '
-        'and the helpers it calls (their source is at the end).'.format(
+        '# {0} methods changed, {1} added; each with its reason (or, for an internal one, '
+        'the methods that use it), a diff of the whole method, and the helpers it calls '
+        '(their source is at the end).'.format(
             counts[CHANGED], counts[ADDED]),
     ]
     if data['unsupported']:
@@ -367,11 +417,13 @@ def format_report(data):
     for problem in data['problems']:
         lines.append('# WARNING: {0}'.format(problem))
     for method in methods:
-        lines += [
-            '',
-            '## {0} ({1}): {2}'.format(method['name'], method['status'],
-                                       method['reason'] or '(no reason given)'),
-        ]
+        if method['reason']:
+            reason = method['reason']
+        elif method['used_by']:
+            reason = 'used by {0}'.format(', '.join(method['used_by']))
+        else:
+            reason = '(no reason given)'
+        lines += ['', '## {0} ({1}): {2}'.format(method['name'], method['status'], reason)]
         if method['helpers']:
             lines.append('# helpers: {0}'.format(', '.join(method['helpers'])))
         diff = method['diff'].rstrip('\n')

@@ -167,14 +167,29 @@ def test_every_method_of_the_patched_class_is_shown():
 
 
 def test_every_method_has_a_reason_and_every_reason_a_method():
-    """``OVERRIDES`` (name -> reason) matches the patched class: no method without a reason,
-    no reason for a method the class inherits or that does not exist."""
-    reasons = showdiff.reasons_for(worker.DjangoWorkerFixup)
+    """``OVERRIDES`` (name -> reason) matches the patched class: a reason for every method that
+    replaces Celery's and every public function added; any other member added (a private
+    helper, a property) is used by another member; no reason for a method the class inherits
+    or that does not exist."""
+    patched, upstream = worker.DjangoWorkerFixup, worker.upstream_class()
+    reasons = showdiff.reasons_for(patched)
     methods = showdiff.changes()
     assert showdiff.problems(methods, reasons) == []
-    assert sorted(reasons) == sorted(_class_methods(worker.DjangoWorkerFixup))
+    members = _class_methods(patched)
+    assert set(reasons) <= members
+    upstream_names = set(name for klass in upstream.__mro__ if klass is not object
+                         for name in vars(klass))
+    needed = set(name for name in members if name in upstream_names or (
+        isinstance(vars(patched)[name], types.FunctionType) and not name.startswith('_')))
+    assert needed <= set(reasons)
     for name, reason in reasons.items():
         assert isinstance(reason, str) and reason.strip() and '\n' not in reason.strip(), name
+    for method in methods:
+        if method.name not in reasons:
+            assert method.used_by, method
+            for user in method.used_by:
+                assert 'self.{0}'.format(method.name) in next(
+                    m.patched_source for m in methods if m.name == user), (method, user)
 
 
 class _Mixin(object):
@@ -192,7 +207,7 @@ def _sample_class():
             return super(Sample, self).install()
 
         def added(self):
-            return up.patches(), showdiff.PACKAGE
+            return up.patches(), showdiff.PACKAGE, self.a_property
 
         @property
         def a_property(self):
@@ -249,12 +264,14 @@ def test_mismatched_reasons_are_reported():
         'OVERRIDES gives a reason for gone, which neither class has',
         "OVERRIDES gives a reason for on_task_prerun, but the patched class inherits it from "
         "Celery's (no override)",
-        'a_property is added but OVERRIDES gives no reason',
-        'a_static is added but OVERRIDES gives no reason',
+        'a_static is added, and neither OVERRIDES gives a reason nor does another member of '
+        'the class use it',
         'added is added but OVERRIDES gives no reason',
         'mixed_in is added but OVERRIDES gives no reason',
     ]
-    reasons.update(added='one', a_property='two', a_static='three', mixed_in='four')
+    # a_property needs none: it is not public API, and ``added`` uses it.
+    assert [m.used_by for m in methods if m.name == 'a_property'] == [['added']]
+    reasons.update(added='one', a_static='three', mixed_in='four')
     del reasons['gone'], reasons['on_task_prerun']
     assert showdiff.problems(methods, reasons, upstream) == []
 
