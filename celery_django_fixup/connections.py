@@ -9,8 +9,11 @@ import select
 
 from celery.utils.log import get_logger
 
-__all__ = ('for_each', 'discard', 'reset', 'drop_inherited', 'socket_fd', 'socket_is_quiet',
-           'is_usable', 'LazyHealthCheck')
+from . import versions
+
+__all__ = ('for_each', 'discard', 'reset', 'drop_inherited', 'drop_inherited_pool',
+           'close_pool', 'socket_fd', 'socket_is_quiet', 'is_usable', 'check',
+           'LazyHealthCheck')
 
 logger = get_logger(__name__)
 
@@ -27,7 +30,7 @@ def for_each(connections, action, what):
     being handled: since Celery 4.0 signal handlers' errors are only logged, so an exception
     here would silently leave the remaining aliases open.
     """
-    for conn in connections.all():
+    for conn in versions.initialized_connections(connections):
         try:
             action(conn)
         except Exception as exc:  # noqa: B902 -- any driver error, logged with its alias
@@ -55,11 +58,24 @@ def discard(conn):
     DB-API connection (``closed_in_transaction``), waiting for the block to exit. After a task
     has returned no block will exit, so the wrapper's transaction state is reset here too:
     the next task then opens a fresh connection instead of failing on a closed one.
+
+    With a Django connection pool (Django 5.1+), ``close()`` hands the connection back to the
+    pool for the next task to take: the connection is closed first, so that the pool drops it
+    and opens a new one in its place.
     """
     try:
+        if conn.connection is not None and versions.existing_pool(conn) is not None:
+            conn.connection.close()
         conn.close()
     finally:
         reset(conn)
+
+
+def close_pool(conn):
+    """Close the Django connection pool of ``conn``'s alias in this process, if there is one
+    (Django's ``close_pool()``, without creating a pool to close)."""
+    if versions.existing_pool(conn) is not None:
+        conn.close_pool()
 
 
 def drop_inherited(conn, owns_socket=True):
@@ -84,6 +100,28 @@ def drop_inherited(conn, owns_socket=True):
         else:
             _orphans.append(dbapi)
     reset(conn)
+
+
+def drop_inherited_pool(conn, owns_sockets=True):
+    """Forget the Django connection pool this process inherited for ``conn``'s alias, with no
+    network IO: its idle connections' sockets are pointed at ``/dev/null`` and closed (with
+    ``owns_sockets``, as in :func:`drop_inherited`), and the pool itself, whose worker threads
+    did not survive the fork, is never closed (that would talk to the parent's sessions) nor
+    freed. The next use creates a pool of this process."""
+    pool = versions.forget_pool(conn)
+    if pool is None:
+        return
+    _orphans.append(pool)
+    if not owns_sockets:
+        return
+    # psycopg_pool keeps its idle connections in ``_pool``; it has no public way to list them.
+    for dbapi in list(getattr(pool, '_pool', None) or ()):
+        fd = socket_fd(dbapi)
+        if fd is not None and _point_at_devnull(fd):
+            try:
+                dbapi.close()
+            except Exception:  # noqa: B902 -- nothing it says can matter now
+                pass
 
 
 def _point_at_devnull(fd):
@@ -178,6 +216,7 @@ def check(conn):
     if conn.connection is None or conn.in_atomic_block:
         return False
     if socket_is_quiet(conn.connection) or is_usable(conn):
+        versions.mark_health_check_done(conn)
         return False
     logger.info('celery-django-fixup: database connection %r was broken while idle; '
                 'reconnecting', conn.alias)
@@ -217,6 +256,8 @@ class LazyHealthCheck(object):
 
         ensure_connection.once = once
         setattr(conn, self.attribute, ensure_connection)
+        # Django 4.1+'s own check (CONN_HEALTH_CHECKS) would run first, with a round trip.
+        versions.mark_health_check_done(conn)
 
     def disarm(self, conn, once_only=False):
         armed = vars(conn).get(self.attribute)

@@ -16,7 +16,8 @@ import weakref
 
 from celery.utils.log import get_logger
 
-from .connections import discard
+from . import versions
+from .connections import close_pool, reset
 
 __all__ = ('record', 'inherited', 'on_fork_in_child', 'close_all', 'close_at_beat_exit',
            'FORK_HOOKS')
@@ -73,23 +74,34 @@ def _after_fork_in_child():
 
 
 def close_all():
-    """Close every connection this process opened, so the server ends each session cleanly
-    instead of counting it abandoned. Those of the calling thread go through Django; those of
-    other threads (the threads pool), whose wrappers Django will not close from here, through
-    the driver."""
+    """Close every connection this process opened, and the Django connection pools it
+    created, so that the server ends each session cleanly instead of counting it abandoned.
+    Connections of the calling thread go through Django; those of other threads (the threads
+    pool), whose wrappers Django will not close from here, through the driver."""
     me = threading.current_thread().ident
     pid = os.getpid()
+    pooled = []
     for conn, thread in list(_opened.items()):
-        if conn.connection is None or vars(conn).get(OWNER) != pid:
+        if vars(conn).get(OWNER) != pid:
             continue
         try:
-            if thread == me:
-                discard(conn)
-            else:
-                conn.connection.close()
+            if conn.connection is not None:
+                if thread == me:
+                    conn.close()
+                    reset(conn)
+                else:
+                    conn.connection.close()
+            if versions.existing_pool(conn) is not None:
+                pooled.append(conn)
         except Exception as exc:  # noqa: B902 -- logged with its alias, the others go on
             logger.warning('celery-django-fixup: could not close database connection %r: %r',
                            conn.alias, exc)
+    for conn in pooled:
+        try:
+            close_pool(conn)
+        except Exception as exc:  # noqa: B902 -- as above
+            logger.warning('celery-django-fixup: could not close the connection pool of %r: '
+                           '%r', conn.alias, exc)
 
 
 def close_at_beat_exit(service, callback):

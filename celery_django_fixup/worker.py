@@ -15,7 +15,8 @@ from celery.fixups import django as upstream
 from celery.utils.log import get_logger
 
 from . import policy, processes, versions
-from .connections import LazyHealthCheck, discard, drop_inherited, for_each, is_usable
+from .connections import (LazyHealthCheck, close_pool, discard, drop_inherited,
+                          drop_inherited_pool, for_each, is_usable)
 from .interruptions import SoftTimeLimitWatch
 from .settings import WorkerSettings
 
@@ -63,14 +64,16 @@ class DjangoWorkerFixup(upstream_class()):
 
     __celery_django_fixup__ = True  # MARKER
 
-    def __init__(self, app):
-        super(DjangoWorkerFixup, self).__init__(app)
+    def __init__(self, app, worker=None):
+        # Celery 5.6.1 builds a WorkController when given no worker (celery#10045).
+        super(DjangoWorkerFixup, self).__init__(
+            app, **versions.upstream_init_kwargs(upstream_class()))
         # Raise a clear error at worker start for a value we cannot use.
         self.settings = WorkerSettings(app, self._settings)
         self.db_reuse_max = self.settings.db_reuse_max
         self.health_check = LazyHealthCheck() if self.settings.health_checks else None
         self.soft_time_limit = SoftTimeLimitWatch()
-        self.worker = None
+        self.worker = worker
         self.role = MAIN
         # Per thread (per greenlet under eventlet and gevent): the task running, the last one
         # that ran, and the CELERY_DB_REUSE_MAX count.
@@ -89,7 +92,8 @@ class DjangoWorkerFixup(upstream_class()):
         # Upstream connects beat_embedded_init to close_database (a non-forced close since 4.2),
         # but embedded beat is a process forked from the worker: see on_beat_embedded_init.
         signals.beat_embedded_init.connect(self.on_beat_embedded_init)
-        signals.worker_ready.connect(self.on_worker_ready)
+        if versions.upstream_connects_worker_ready(upstream_class()):
+            signals.worker_ready.connect(self.on_worker_ready)
         signals.task_prerun.connect(self.on_task_prerun)
         signals.task_postrun.connect(self.on_task_postrun)
         signals.worker_process_init.connect(self.on_worker_process_init)
@@ -112,7 +116,8 @@ class DjangoWorkerFixup(upstream_class()):
     def uninstall(self):
         """Disconnect the signal handlers :meth:`install` connected."""
         signals.beat_embedded_init.disconnect(self.on_beat_embedded_init)
-        signals.worker_ready.disconnect(self.on_worker_ready)
+        if versions.upstream_connects_worker_ready(upstream_class()):
+            signals.worker_ready.disconnect(self.on_worker_ready)
         signals.task_prerun.disconnect(self.on_task_prerun)
         signals.task_postrun.disconnect(self.on_task_postrun)
         signals.worker_process_init.disconnect(self.on_worker_process_init)
@@ -136,6 +141,9 @@ class DjangoWorkerFixup(upstream_class()):
                          conn.alias)
             return
         discard(conn)
+        # A Django connection pool (5.1+) would be inherited with its connections by every
+        # pool process, and its threads would not be.
+        close_pool(conn)
 
     # -- processes -------------------------------------------------------------------------
 
@@ -163,6 +171,7 @@ class DjangoWorkerFixup(upstream_class()):
             self.health_check.disarm(conn)
         if processes.inherited(conn):
             drop_inherited(conn, owns_socket=owns_socket)
+        drop_inherited_pool(conn, owns_sockets=owns_socket)
 
     def on_worker_process_init(self, **kwargs):
         # Child process must validate models again if on Windows,
@@ -188,7 +197,7 @@ class DjangoWorkerFixup(upstream_class()):
                  lambda conn: self._drop_if_inherited(conn, owns_socket=False),
                  'drop the inherited')
         if self.health_check is not None:
-            for conn in self._db.connections.all():
+            for conn in versions.initialized_connections(self._db.connections):
                 self.health_check.arm(conn, once=False)
         self.close_cache()
         processes.close_at_beat_exit(kwargs.get('sender'), processes.close_all)
@@ -213,7 +222,7 @@ class DjangoWorkerFixup(upstream_class()):
             if self.health_check is not None:
                 # In a pool process, once per task; where tasks run in the main process (solo,
                 # threads), before every use, as everything else there.
-                for conn in self._db.connections.all():
+                for conn in versions.initialized_connections(self._db.connections):
                     self.health_check.arm(conn, once=not self.guards_idle_connections)
 
     def on_task_postrun(self, sender, **kwargs):
@@ -223,7 +232,7 @@ class DjangoWorkerFixup(upstream_class()):
             self._local.task_id = None
             self._local.last_task_id = kwargs.get('task_id')
             if self.health_check is not None:
-                for conn in self._db.connections.all():
+                for conn in versions.initialized_connections(self._db.connections):
                     self.health_check.disarm(conn, once_only=True)
             reason = policy.reason_to_discard_after_task(
                 kwargs.get('state'), exception=versions.exception_in_flight(),

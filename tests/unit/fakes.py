@@ -66,5 +66,5 @@ class FakeConnectionHandler(object):
     def __init__(self, *conns):
         self.conns = list(conns)
 
-    def all(self):
+    def all(self, initialized_only=False):
         return list(self.conns)
