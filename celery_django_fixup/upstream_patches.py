@@ -285,7 +285,8 @@ def _version(version):
 
 def patch_for(version=None, directory=None):
     """The :class:`Patch` (``.path``, ``.text``) for this Celery release, the installed one by
-    default, or None when the release already carries both changes (4.4.4 to 4.4.7).
+    default, or None when the release carries both changes (4.4.4 to 5.5.3) or has reverted to
+    closing every connection (5.6 on): no backport applies.
 
     Raises :class:`LookupError` for a release outside the supported range, which this project
     ships no patch for.
