@@ -223,11 +223,15 @@ def test_database_that_does_not_exist(postgres, capsys):
 
 
 def test_unsupported_celery(monkeypatch, capsys):
-    monkeypatch.setattr(versions, 'celery_version', lambda: (5, 0, 0))
+    first, newest = versions.SUPPORTED_CELERY
+    unsupported = (newest[0] + 1, 0, 0)
+    monkeypatch.setattr(versions, 'celery_version', lambda: unsupported)
     assert cli.main(['verify']) == 2
     err = capsys.readouterr()[1]
     assert len(err.strip().splitlines()) == 1, err
-    assert 'supports Celery 4.0.0 to 4.4.7; Celery 5.0.0 is installed' in err
+    assert 'supports Celery {0} to {1}; Celery {2} is installed'.format(
+        *('.'.join(str(part) for part in version)
+          for version in (first, newest, unsupported))) in err
 
 
 def test_pool_the_installed_celery_lacks():
