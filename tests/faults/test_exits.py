@@ -257,9 +257,14 @@ def test_warm_shutdown(variant, database, start_worker, line, record, explain, m
         # First, before any pool process has a connection to lose: a process that dies, whose
         # failure the main process stores (and so holds a connection).
         lost = worker.run('lost', count=1, timeout=30)
-        # The only session on the database now is the main process' (the reader's closed).
+        # The only session on the database now is the main process': the reader's is closed
+        # (the server may list it a moment longer).
         reader.close()
+        deadline = time.time() + 10
         main_sessions = counter.backends()
+        while len(main_sessions) > 1 and time.time() < deadline:
+            time.sleep(0.1)
+            main_sessions = counter.backends()
         outcomes = worker.run('touch', count=SHUTDOWN_TASKS, timeout=60, stall=30)
         stopped = worker.stop(timeout=15)
     finally:
