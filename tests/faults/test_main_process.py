@@ -41,6 +41,14 @@ pytestmark = pytest.mark.faults
 CONCURRENCY = 2
 #: Killed tasks, in turn (each followed by ``TOUCHES`` ordinary ones).
 KILLED = ('hard_limited', 'lost') * 3
+#: On Celery 4.0-4.1 (billiard 3.5, seen on Python 2.7) a pool process that SIGKILLs itself
+#: takes the worker's main process down with it, stock or patched: hard time limits only.
+KILLED_4_1 = ('hard_limited',) * 6
+
+
+def killed_tasks():
+    from celery_django_fixup import versions
+    return KILLED_4_1 if versions.celery_version() < (4, 2) else KILLED
 TOUCHES = 2
 #: The sessions' idle timeout (s) and the pause after which the server has ended them.
 IDLE_TIMEOUT = 1
@@ -177,8 +185,9 @@ def test_main_process_writes_after_the_server_ended_its_session(variant, target,
                           concurrency=CONCURRENCY, conn_max_age=600, args=['-O', 'fair'],
                           settings=SETTINGS, env=ENV)
     killed, touched, ended, tls = [], [], [], []
+    tasks = killed_tasks()
     try:
-        for index, task in enumerate(KILLED):
+        for index, task in enumerate(tasks):
             if index:
                 # The reader's own session is not the worker's: out of the way first.
                 reader.close()
@@ -216,11 +225,11 @@ def test_main_process_writes_after_the_server_ended_its_session(variant, target,
     assert summary['timeout'] == 0, context
 
     if variant == 'patched':
-        assert len(stored) == len(KILLED), context
+        assert len(stored) == len(tasks), context
         assert summary['failed'] == 0, context
     else:
         # Every line: only the write before the first end of the session is stored.
         assert [outcome.state for outcome in killed] == (
-            ['FAILURE'] + [TIMEOUT] * (len(KILLED) - 1)), context
+            ['FAILURE'] + [TIMEOUT] * (len(tasks) - 1)), context
         if not line.reuses:
             assert summary['failed'] == 0, context
