@@ -23,6 +23,8 @@ The facts a cell shows (each record may have any of them):
 ``shared_sessions``    server sessions used by two processes
 ``beat_errors``        failed queries of the embedded beat process
 ``left_open``          sessions left open by finished tasks while the worker was idle
+``never_stored``       results the worker's main process never stored (callers wait)
+``abandoned``          sessions the server counted as abandoned (closed without a goodbye)
 ``worker_restarted``   the worker's processes changed
 ``hung``               SIGTERM did not stop the worker (``hung``)
 ``sessions``           sessions opened, as the server counted them (``N sessions``), or
@@ -53,6 +55,8 @@ SCENARIOS = [
     ('aliases', '6. Two aliases'),
     ('pools', '7. Pools'),
     ('soak', '8. Soak, 10,000 tasks'),
+    ('main_process', '9. Main process writes (django-db results), server ends its session'),
+    ('exits', '10. Processes that exit: sessions abandoned'),
 ]
 
 #: Stock release lines shown by default: ``4.1`` means every 4.1.x, ``4.4.0`` only 4.4.0.
@@ -69,6 +73,8 @@ ISSUES = [
     ('shared_sessions', '{0} shared'),
     ('beat_errors', '{0} beat errors'),
     ('left_open', '{0} left open'),
+    ('never_stored', '{0} results never stored'),
+    ('abandoned', '{0} abandoned'),
 ]
 
 

@@ -40,6 +40,9 @@ TIMEOUT = 'TIMEOUT'
 
 DEFAULT_REDIS = 'redis://127.0.0.1:6379/15'
 DEFAULT_AMQP = 'amqp://guest:guest@127.0.0.1:5672//'
+#: The result backend of django-celery-results: results in the worker's own database, written
+#: by the worker's processes through Django (read back with ``dbresults.TaskResults``).
+DJANGO_DB = 'django-db'
 
 
 class WorkerError(Exception):
@@ -91,7 +94,10 @@ class Broker(object):
             # kombu's sender can let a worker read a message half-written (see fstransport).
             from . import fstransport
             url = fstransport.client_url(url)
-        app = Celery('cdf-harness-client', broker=url, backend=self.result_backend,
+        # django-db results need Django to be read through Celery: the client only sends
+        # (the Worker reads them with its ``results`` reader).
+        backend = 'disabled' if self.result_backend == DJANGO_DB else self.result_backend
+        app = Celery('cdf-harness-client', broker=url, backend=backend,
                      fixups=[], set_as_current=False)
         app.conf.broker_transport_options = self.transport_options
         backend = app.backend
@@ -149,9 +155,12 @@ def demo_environ(database_url, mode='fixups', conn_max_age=600, databases=None, 
     return environ
 
 
-def prepare_database(database_url, aliases=(), databases=None, python=None, timeout=120.0):
-    """Create the demo model's table on the database (every alias unless named); idempotent."""
-    environ = demo_environ(database_url, databases=databases)
+def prepare_database(database_url, aliases=(), databases=None, python=None, timeout=120.0,
+                     env=None):
+    """Create the demo model's table on the database (every alias unless named); idempotent.
+    ``env`` as for :func:`demo_environ` (``{'CDF_RESULT_BACKEND': 'django-db'}`` also creates
+    django-celery-results' tables)."""
+    environ = demo_environ(database_url, databases=databases, env=env)
     command = [python or sys.executable, '-m', 'cdf_demo.createtables'] + list(aliases)
     proc = subprocess.Popen(command, env=environ, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -274,12 +283,16 @@ class Worker(object):
     that does not set its own; ``databases``, ``settings``: see ``cdf_demo.settings``;
     ``parent_query``: the main process queries every alias before it forks the pool;
     ``fair``: ``-O fair`` and ``worker_prefetch_multiplier=1``, so that a busy pool process is
-    handed no task (what :meth:`run_each` relies on).
+    handed no task (what :meth:`run_each` relies on);
+    ``results``: what reads the tasks' results instead of the broker's client (an object with
+    ``fetch(task_ids)``, e.g. ``dbresults.TaskResults`` for the ``django-db`` backend).
     """
 
     def __init__(self, database_url, mode='fixups', pool='prefork', concurrency=2, args=(),
                  conn_max_age=600, databases=None, settings=None, parent_query=False,
-                 broker=None, env=None, python=None, loglevel='info', fair=False):
+                 broker=None, env=None, python=None, loglevel='info', fair=False,
+                 results=None):
+        self.results = results
         self.broker = broker or Broker()
         self.mode = mode
         self.pool = pool
@@ -582,6 +595,8 @@ class Worker(object):
         return outcomes
 
     def _fetch(self, task_ids):
+        if self.results is not None:
+            return self.results.fetch(task_ids)
         backend = self.client.backend
         if hasattr(backend, 'mget') and hasattr(backend, 'get_key_for_task'):
             # One round trip for every pending task of a key-value backend (Redis...).

@@ -14,7 +14,9 @@
 
 The Celery app (``celeryapp``) reads the rest: ``CDF_MODE``, ``CDF_BROKER_URL``,
 ``CDF_RESULT_BACKEND``, ``CDF_BROKER_TRANSPORT_OPTIONS``, ``CDF_PARENT_QUERY`` and
-``CDF_READY_FILE``.
+``CDF_READY_FILE``. ``CDF_RESULT_BACKEND=django-db`` (django-celery-results as the result
+backend) also installs the app ``django_celery_results``, whose tables ``cdf_demo.createtables``
+then creates; no other run needs the package.
 """
 from __future__ import absolute_import
 
@@ -61,6 +63,10 @@ SECRET_KEY = 'cdf-demo-only-not-a-secret'
 # DEBUG would keep every query in memory: a long run would measure that, not the worker.
 DEBUG = False
 INSTALLED_APPS = ['cdf_demo']
+#: Celery's name of django-celery-results' database backend.
+DJANGO_DB_BACKEND = 'django-db'
+if os.environ.get('CDF_RESULT_BACKEND') == DJANGO_DB_BACKEND:
+    INSTALLED_APPS.append('django_celery_results')
 USE_TZ = True
 TIME_ZONE = 'UTC'
 DEFAULT_AUTO_FIELD = 'django.db.models.AutoField'
