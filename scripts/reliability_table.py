@@ -23,6 +23,12 @@ The facts a cell shows (each record may have any of them):
 ``shared_sessions``    server sessions used by two processes
 ``beat_errors``        failed queries of the embedded beat process
 ``left_open``          sessions left open by finished tasks while the worker was idle
+``file_errors``        failed writes to files the embedded beat scheduler keeps open
+``files_damaged``      such files holding foreign bytes or missing lines afterwards
+``socket_errors``      failed round trips on a socket that scheduler keeps open
+``lost_connection``    the main process's own queries that lost their session
+``transaction_errors`` ``TransactionManagementError`` raised in a test
+``committed``          rows a ``TestCase`` wrote that were committed, not rolled back
 ``worker_restarted``   the worker's processes changed
 ``hung``               SIGTERM did not stop the worker (``hung``)
 ``sessions``           sessions opened, as the server counted them (``N sessions``), or
@@ -53,6 +59,10 @@ SCENARIOS = [
     ('aliases', '6. Two aliases'),
     ('pools', '7. Pools'),
     ('soak', '8. Soak, 10,000 tasks'),
+    ('fork_in_task', '9. Process forked inside a task'),
+    ('beat_fds', "10. Embedded beat's files and sockets"),
+    ('parent_session', "11. Main process's session after its pool forks (PyMySQL)"),
+    ('testing_worker', '12. Testing worker inside a Django TestCase'),
 ]
 
 #: Stock release lines shown by default: ``4.1`` means every 4.1.x, ``4.4.0`` only 4.4.0.
@@ -69,6 +79,12 @@ ISSUES = [
     ('shared_sessions', '{0} shared'),
     ('beat_errors', '{0} beat errors'),
     ('left_open', '{0} left open'),
+    ('file_errors', '{0} file write errors'),
+    ('files_damaged', '{0} files damaged'),
+    ('socket_errors', '{0} socket errors'),
+    ('lost_connection', '{0} lost connection'),
+    ('transaction_errors', '{0} TransactionManagementError'),
+    ('committed', '{0} rows committed'),
 ]
 
 
