@@ -170,7 +170,9 @@ class FilesScheduler(QueryingScheduler):
         line = 'tick {0} pid {1}\n'.format(self._ticks, os.getpid()).encode('ascii')
         for fh in self._files:
             try:
-                if fh.write(line) != len(line):
+                # os.write: one write() call, and its count (Python 2's file.write returns
+                # None).
+                if os.write(fh.fileno(), line) != len(line):
                     entry['file_errors'].append('short write')
                 else:
                     entry['files_ok'] += 1
