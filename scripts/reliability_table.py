@@ -59,10 +59,10 @@ SCENARIOS = [
     ('aliases', '6. Two aliases'),
     ('pools', '7. Pools'),
     ('soak', '8. Soak, 10,000 tasks'),
-    ('fork_in_task', '9. Process forked inside a task'),
-    ('beat_fds', "10. Embedded beat's files and sockets"),
-    ('parent_session', "11. Main process's session after its pool forks (PyMySQL)"),
-    ('testing_worker', '12. Testing worker inside a Django TestCase'),
+    ('fork_in_task', '9. Process forked inside a task, 5 forks (-c 1; patched: Python 3.7+)'),
+    ('beat_fds', "10. Embedded beat's files and sockets (-B -c 1)"),
+    ('parent_session', "11. Main process's own session, pool forked 6 times (PyMySQL)"),
+    ('testing_worker', '12. Testing worker (start_worker) inside a Django TestCase'),
 ]
 
 #: Stock release lines shown by default: ``4.1`` means every 4.1.x, ``4.4.0`` only 4.4.0.
