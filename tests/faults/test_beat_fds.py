@@ -84,7 +84,10 @@ def test_embedded_beat_keeps_its_files(variant, database, start_worker, line, re
     beat_log_errors = [text for text in log.splitlines()
                        if 'ERROR/Beat' in text or 'beat raised exception' in text]
     sent = noops()
+    failed_ticks = sum(1 for entry in tick_entries
+                       if 'error' in entry or entry['file_errors'] or 'socket_error' in entry)
     facts = record('beat_fds', variant, database=vendor, ticks=len(tick_entries),
+                   failed=failed_ticks,
                    beat_errors=len(db_errors), file_errors=len(file_errors),
                    socket_errors=len(socket_errors), files_damaged=len(problems),
                    shared_sessions=len(on_parents), sent=sent, hung=stopped == 'hung')
