@@ -60,7 +60,7 @@ SCENARIOS = [
     ('pools', '7. Pools'),
     ('soak', '8. Soak, 10,000 tasks'),
     ('fork_in_task', '9. Process forked inside a task, 5 forks (-c 1; patched: Python 3.7+)'),
-    ('beat_fds', "10. Embedded beat's files and sockets (-B -c 1)"),
+    ('beat_fds', "10. Embedded beat's files and sockets (-B -c 1; failed: beat ticks)"),
     ('parent_session', "11. Main process's own session, pool forked 6 times (PyMySQL)"),
     ('testing_worker', '12. Testing worker (start_worker) inside a Django TestCase'),
 ]
