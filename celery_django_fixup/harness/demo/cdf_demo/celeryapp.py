@@ -13,7 +13,8 @@ main process from a ``worker_init`` handler, after the Django fix-up's own, so t
 process holds a connection when it forks the pool (as import-time queries or a result backend
 write do in real projects). ``CDF_READY_FILE``: where the worker writes, once it is ready to
 take tasks, a JSON object with its pid, versions, the worker fix-up class it really uses and
-``parent_backends``, the server's id of each session ``CDF_PARENT_QUERY`` used.
+``parent_backends``, the server's id of each session ``CDF_PARENT_QUERY`` used (and
+``parent_fds``, the file descriptor number of each one's socket).
 ``CDF_CONNECTIONS_FILE``: a file that gets one line (``pid alias vendor``) per database
 connection Django opens in the worker's processes.
 """
