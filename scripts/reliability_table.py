@@ -25,6 +25,12 @@ The facts a cell shows (each record may have any of them):
 ``left_open``          sessions left open by finished tasks while the worker was idle
 ``never_stored``       results the worker's main process never stored (callers wait)
 ``abandoned``          sessions the server counted as abandoned (closed without a goodbye)
+``file_errors``        failed writes to files the embedded beat scheduler keeps open
+``files_damaged``      such files holding foreign bytes or missing lines afterwards
+``socket_errors``      failed round trips on a socket that scheduler keeps open
+``lost_connection``    the main process's own queries that lost their session
+``transaction_errors`` ``TransactionManagementError`` raised in a test
+``committed``          rows a ``TestCase`` wrote that were committed, not rolled back
 ``worker_restarted``   the worker's processes changed
 ``hung``               SIGTERM did not stop the worker (``hung``)
 ``sessions``           sessions opened, as the server counted them (``N sessions``), or
@@ -57,6 +63,10 @@ SCENARIOS = [
     ('soak', '8. Soak, 10,000 tasks'),
     ('main_process', '9. Main process writes (django-db results), server ends its session'),
     ('exits', '10. Processes that exit: sessions abandoned'),
+    ('fork_in_task', '9. Process forked inside a task, 5 forks (-c 1; patched: Python 3.7+)'),
+    ('beat_fds', "10. Embedded beat's files and sockets (-B -c 1; failed: beat ticks)"),
+    ('parent_session', "11. Main process's own session, pool forked 6 times (PyMySQL)"),
+    ('testing_worker', '12. Testing worker (start_worker) inside a Django TestCase'),
 ]
 
 #: Stock release lines shown by default: ``4.1`` means every 4.1.x, ``4.4.0`` only 4.4.0.
@@ -75,6 +85,12 @@ ISSUES = [
     ('left_open', '{0} left open'),
     ('never_stored', '{0} results never stored'),
     ('abandoned', '{0} abandoned'),
+    ('file_errors', '{0} file write errors'),
+    ('files_damaged', '{0} files damaged'),
+    ('socket_errors', '{0} socket errors'),
+    ('lost_connection', '{0} lost connection'),
+    ('transaction_errors', '{0} TransactionManagementError'),
+    ('committed', '{0} rows committed'),
 ]
 
 

@@ -86,3 +86,152 @@ def read_log(path):
                 except ValueError:
                     pass  # the last line of a process killed while writing
     return entries
+
+
+class FilesScheduler(QueryingScheduler):
+    """A :class:`QueryingScheduler` that also keeps files and a socket open, as schedulers do
+    (their schedule file, a log, a connection to a lock or cache server), opened in
+    ``setup_schedule``: in embedded beat that is after Celery closed every inherited file
+    descriptor and before ``beat_embedded_init``, so they take the numbers the sockets of the
+    worker's main process had.
+
+    The numbers the main process's database sockets had (``CDF_BEAT_TAKE_FDS``, a JSON list,
+    or ``cdf_demo.celeryapp.PARENT_FDS``) are taken on purpose: the first by a file, the
+    second (if any) by a socket to the Redis server of ``CDF_BEAT_REDIS``
+    (``host:port``, default 127.0.0.1:6379), every other free number below them by a file.
+    Whatever then closes or writes to an inherited database socket by its number hits them.
+
+    Each tick writes ``tick N pid P`` to every file (unbuffered: one ``write()``) and sends
+    ``PING`` on the socket; the tick's ``CDF_BEAT_LOG`` line gets ``files_ok`` (writes that
+    succeeded), ``file_errors`` and ``socket_error``. The first line of the log (``setup``)
+    names every file (``files``: ``{fd: path}``), ``socket_fd`` and ``targets``.
+    ``CDF_BEAT_FILES`` is the folder of the files (required).
+    """
+
+    #: Never more open files than this, whatever the numbers to take.
+    MAX_FILES = 200
+
+    def setup_schedule(self):
+        super(FilesScheduler, self).setup_schedule()
+        self._files = []
+        self._socket = None
+        self._ticks = 0
+        folder = os.environ.get('CDF_BEAT_FILES')
+        if not folder:
+            return
+        targets = sorted(fd for fd in self._targets() if fd is not None)
+        setup = {'setup': True, 'pid': os.getpid(), 'targets': targets, 'files': {},
+                 'socket_fd': None}
+        socket_target = targets[1] if len(targets) > 1 else None
+        # Standard streams Celery closed stay taken by /dev/null, as a daemon's would.
+        self._standard = []
+        while _lowest_free_fd() < 3:
+            self._standard.append(os.open(os.devnull, os.O_RDWR))
+        # At least one file, even with nothing to take.
+        while len(self._files) < self.MAX_FILES:
+            number = _lowest_free_fd()
+            if self._files and (not targets or number > targets[-1]):
+                break
+            if number == socket_target and self._socket is None:
+                self._socket = self._open_socket()
+                setup['socket_fd'] = self._socket.fileno()
+                continue
+            path = os.path.join(folder, 'file-{0}.log'.format(len(self._files)))
+            fh = open(path, 'ab', 0)
+            self._files.append(fh)
+            setup['files'][fh.fileno()] = path
+        self._write_log(setup)
+
+    @staticmethod
+    def _targets():
+        value = os.environ.get('CDF_BEAT_TAKE_FDS')
+        if value:
+            return json.loads(value)
+        try:
+            from cdf_demo import celeryapp
+        except ImportError:
+            return []
+        return list(celeryapp.PARENT_FDS.values())
+
+    @staticmethod
+    def _open_socket():
+        import socket
+        host, _, port = (os.environ.get('CDF_BEAT_REDIS') or '127.0.0.1:6379').partition(':')
+        sock = socket.create_connection((host, int(port or 6379)), timeout=5)
+        sock.settimeout(5)
+        return sock
+
+    def query_database(self):
+        if not os.environ.get('CDF_BEAT_FILES'):
+            return super(FilesScheduler, self).query_database()
+        path = os.environ.get('CDF_BEAT_LOG')
+        self._ticks += 1
+        entry = {'pid': os.getpid(), 'tick': self._ticks, 'files_ok': 0, 'file_errors': []}
+        line = 'tick {0} pid {1}\n'.format(self._ticks, os.getpid()).encode('ascii')
+        for fh in self._files:
+            try:
+                # os.write: one write() call, and its count (Python 2's file.write returns
+                # None).
+                if os.write(fh.fileno(), line) != len(line):
+                    entry['file_errors'].append('short write')
+                else:
+                    entry['files_ok'] += 1
+            except Exception as exc:  # noqa: B902 -- what a scheduler would log
+                entry['file_errors'].append('{0}: {1}'.format(type(exc).__name__, exc))
+        if self._socket is not None:
+            try:
+                self._socket.sendall(b'PING\r\n')
+                answer = self._socket.recv(64)
+                if answer != b'+PONG\r\n':
+                    entry['socket_error'] = 'answer {0!r}'.format(answer)
+            except Exception as exc:  # noqa: B902
+                entry['socket_error'] = '{0}: {1}'.format(type(exc).__name__, exc)
+        if path:
+            from django.db import connections
+            try:
+                entry['backend'] = _backend_id(connections['default'])
+            except Exception as exc:  # noqa: B902
+                entry['error'] = '{0}: {1}'.format(type(exc).__name__, exc)
+        self._write_log(entry)
+
+    @staticmethod
+    def _write_log(entry):
+        path = os.environ.get('CDF_BEAT_LOG')
+        if path:
+            with open(path, 'a') as fh:
+                fh.write(json.dumps(entry) + '\n')
+
+
+def _lowest_free_fd():
+    """The number the next file or socket opened will get."""
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    return fd
+
+
+def check_files(setup, ticks):
+    """What is wrong with the files a :class:`FilesScheduler` wrote (``setup``: its first log
+    line; ``ticks``: how many ticks it logged). Each must hold exactly ``tick 1 ...`` to
+    ``tick N ...``, N being ``ticks`` (or one more: a tick cut short by the worker's stop may
+    have written its files and not its log line), and nothing else: a missing line was written
+    somewhere else, or not at all. Returns ``{path: problem}``."""
+    problems = {}
+    pid = setup.get('pid')
+    for path in setup.get('files', {}).values():
+        try:
+            with open(path, 'rb') as fh:
+                data = fh.read()
+        except (IOError, OSError) as exc:
+            problems[path] = 'unreadable: {0}'.format(exc)
+            continue
+        lines = data.split(b'\n')
+        tail = lines.pop()
+        expected = ['tick {0} pid {1}'.format(number, pid).encode('ascii')
+                    for number in range(1, len(lines) + 1)]
+        if tail or lines != expected:
+            wrong = [line for line, want in zip(lines, expected) if line != want]
+            problems[path] = 'foreign or missing lines, first {0!r}'.format(
+                (wrong[:1] or [tail])[0][:80])
+        elif len(lines) not in (ticks, ticks + 1):
+            problems[path] = '{0} lines for {1} ticks'.format(len(lines), ticks)
+    return problems

@@ -13,7 +13,8 @@ main process from a ``worker_init`` handler, after the Django fix-up's own, so t
 process holds a connection when it forks the pool (as import-time queries or a result backend
 write do in real projects). ``CDF_READY_FILE``: where the worker writes, once it is ready to
 take tasks, a JSON object with its pid, versions, the worker fix-up class it really uses and
-``parent_backends``, the server's id of each session ``CDF_PARENT_QUERY`` used.
+``parent_backends``, the server's id of each session ``CDF_PARENT_QUERY`` used (and
+``parent_fds``, the file descriptor number of each one's socket).
 ``CDF_CONNECTIONS_FILE``: a file that gets one line (``pid alias vendor``) per database
 connection Django opens in the worker's processes.
 """
@@ -76,6 +77,10 @@ app.conf.update(json.loads(os.environ.get('CDF_SETTINGS_JSON') or '{}'))
 #: reported in the ready file as ``parent_backends``.
 PARENT_BACKENDS = {}
 
+#: The file descriptor number of each of those sessions' sockets in the main process, reported
+#: as ``parent_fds``: what a process forked from it inherits.
+PARENT_FDS = {}
+
 
 def backend_id(conn):
     """The server's id of the session behind ``conn`` (connecting if needed)."""
@@ -95,6 +100,23 @@ def _query_every_alias():
     from django.db import connections
     for conn in connections.all():
         PARENT_BACKENDS[conn.alias] = backend_id(conn)
+        PARENT_FDS[conn.alias] = socket_fd(conn)
+
+
+def socket_fd(conn):
+    """The file descriptor number of the socket behind ``conn``, or None (no connection, or
+    SQLite). PyMySQL has no ``fileno()`` on its connection: its socket is ``_sock``."""
+    raw = conn.connection
+    if raw is None:
+        return None
+    for owner in (raw, getattr(raw, '_sock', None)):
+        fileno = getattr(owner, 'fileno', None)
+        if fileno is not None:
+            try:
+                return fileno()
+            except Exception:  # noqa: B902 -- closed: no number
+                return None
+    return None
 
 
 if os.environ.get('CDF_PARENT_QUERY') == '1':
@@ -128,6 +150,7 @@ def _report_ready(sender=None, **kwargs):
         'python': sys.version.split()[0],
         'pool': type(getattr(sender, 'pool', None)).__module__,
         'parent_backends': PARENT_BACKENDS,
+        'parent_fds': PARENT_FDS,
     }
     # Write then rename: the harness must never read a half-written file.
     with open(path + '.tmp', 'w') as fh:
