@@ -23,6 +23,9 @@ The facts a cell shows (each record may have any of them):
 ``shared_sessions``    server sessions used by two processes
 ``beat_errors``        failed queries of the embedded beat process
 ``left_open``          sessions left open by finished tasks while the worker was idle
+``stale``              tasks that read back a value that was not theirs
+``not_set_up``         sessions a task used that Django did not open (the driver reconnected
+                       by itself: no ``connection_created``, no ``init_connection_state``)
 ``worker_restarted``   the worker's processes changed
 ``hung``               SIGTERM did not stop the worker (``hung``)
 ``sessions``           sessions opened, as the server counted them (``N sessions``), or
@@ -53,6 +56,8 @@ SCENARIOS = [
     ('aliases', '6. Two aliases'),
     ('pools', '7. Pools'),
     ('soak', '8. Soak, 10,000 tasks'),
+    ('pymysql_reconnect', '9. PyMySQL, session killed while idle'),
+    ('caught_interrupt', '10. Soft time limit caught by the task'),
 ]
 
 #: Stock release lines shown by default: ``4.1`` means every 4.1.x, ``4.4.0`` only 4.4.0.
@@ -69,6 +74,8 @@ ISSUES = [
     ('shared_sessions', '{0} shared'),
     ('beat_errors', '{0} beat errors'),
     ('left_open', '{0} left open'),
+    ('stale', '{0} stale reads'),
+    ('not_set_up', '{0} not set up by Django'),
 ]
 
 

@@ -318,6 +318,19 @@ class test_pymysql_check_before_reuse(object):
         assert conn.created == 0
         assert True not in old.pings, old.pings
 
+    def test_unusable_after_an_error_is_not_revived_by_the_driver(self, app):
+        _needs_pymysql()
+        # The task's query failed on the killed session (errors_occurred): the check at
+        # postrun must not let PyMySQL reconnect in place either.
+        conn = FakeMysqlConnection()
+        old = conn.connection
+        old.broken = True
+        conn.errors_occurred = True
+        fixup = make_fixup(app, conn)
+        fixup.on_task_postrun(task(), state='SUCCESS')
+        assert old.reconnects == 0, old.pings
+        assert conn.connection is None
+
     def test_reconnect_is_logged(self, app, caplog):
         _needs_pymysql()
         import logging

@@ -64,9 +64,8 @@ def on_failure_raises(alias='default'):
 
 @app.task(name='cdf_demo.base_exception')
 def base_exception(alias='default'):
-    """A query, then a ``BaseException``: ``task_postrun`` is sent with ``state=None``. Under
-    the solo and threads pools the worker reports ``WorkerLostError`` and goes on; a prefork
-    child would exit."""
+    """A query, then a ``BaseException``: ``task_postrun`` is sent with ``state=None``, then the
+    exception leaves the tracer: a prefork child exits (``WorkerLostError``)."""
     raise DemoBaseError('base exception on purpose, {0}'.format(_where(alias)))
 
 
