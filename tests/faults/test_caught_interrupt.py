@@ -75,9 +75,11 @@ def test_caught_soft_time_limit(database, start_worker, variant, line, record, e
             # One session before the interruption, one after.
             assert len(reported) == 2, context
     elif vendor == 'mysql':
-        # Stock Celery that reuses connections hands the interrupted session on.
-        assert reused, context
-        assert failed(after) or stale(after) or created < len(reported), context
+        # Stock Celery that reuses connections hands the interrupted session on: the next task
+        # fails on the packets left on it (or reads them), and Django's is_usable() then lets
+        # PyMySQL reconnect in place (sessions Django did not set up).
+        assert failed(after) or stale(after), context
+        assert created < len(reported), context
     else:
         # psycopg2 finished the query before the exception: the session is reused, unharmed.
         assert reused, context
