@@ -279,12 +279,12 @@ def patch_for(version=None, directory=None):
     Raises :class:`LookupError` for a release outside the supported range, which this project
     ships no patch for.
     """
-    from .versions import SUPPORTED_CELERY
+    from .versions import SUPPORTED_CELERY, line_for
     version = _version(version)
     for patch in patches(directory):
         if version in patch.bases:
             return patch
-    if CARRIED_SINCE <= version <= SUPPORTED_CELERY[1]:
+    if CARRIED_SINCE <= version and line_for(version) is not None:
         return None
     raise LookupError(
         'no patch for Celery {0}: the shipped patches are for Celery {1} to {2}, and {3} to '
