@@ -127,6 +127,14 @@ class FakePyMySQL(_pymysql_connection_class()):
             self.reconnects += 1
             self.broken = False
 
+    def kill(self):
+        """The server ends the session: its end of the socket closes (the socket turns
+        readable, at end of file), and the next ping fails."""
+        self.broken = True
+        if self._peer is not None:
+            self._peer.close()
+            self._peer = None
+
     def close(self):
         self.closed_by_client = True
         for sock in (self._sock, self._peer):
