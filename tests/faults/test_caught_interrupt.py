@@ -20,7 +20,7 @@ import pytest
 
 from celery_django_fixup.harness.run import TIMEOUT
 from policyhelpers import (connections_created, failed, mysql_databases, not_set_up,
-                           send_tokens, stale, timed_out)
+                           send_tokens, set_up_by_django, stale, timed_out)
 
 pytestmark = pytest.mark.faults
 
@@ -63,23 +63,23 @@ def test_caught_soft_time_limit(database, start_worker, variant, line, record, e
 
     assert stopped == 'stopped', context
     assert caught.ok and caught.result['caught'], context
-    assert caught.backend == first[0][1].backend, context
+    if variant == 'patched' or line.reuses:
+        assert caught.backend == first[0][1].backend, context
     assert not timed_out(after), context
     if variant == 'patched' or not line.reuses:
         assert not failed(after), context
         assert not stale(after), context
         assert not reused, context
         assert not not_set_up(everything, vendor), context
-        assert created == len(reported), context
+        assert set_up_by_django(created, reported, vendor), context
         if variant == 'patched':
             # One session before the interruption, one after.
             assert len(reported) == 2, context
     elif vendor == 'mysql':
         # Stock Celery that reuses connections hands the interrupted session on: the next task
-        # fails on the packets left on it (or reads them), and Django's is_usable() then lets
-        # PyMySQL reconnect in place (sessions Django did not set up).
+        # fails on the packets left on it (or reads them); Django's is_usable() then lets
+        # PyMySQL reconnect in place (measured on 4.3: 49 of 50 tasks at REPEATABLE-READ).
         assert failed(after) or stale(after), context
-        assert created < len(reported), context
     else:
         # psycopg2 finished the query before the exception: the session is reused, unharmed.
         assert reused, context
