@@ -23,9 +23,11 @@ The facts a cell shows (each record may have any of them):
 ``shared_sessions``    server sessions used by two processes
 ``beat_errors``        failed queries of the embedded beat process
 ``left_open``          sessions left open by finished tasks while the worker was idle
+``reused_interrupted`` a session handed on after a soft time limit the task caught
 ``stale``              tasks that read back a value that was not theirs
-``not_set_up``         sessions a task used that Django did not open (the driver reconnected
-                       by itself: no ``connection_created``, no ``init_connection_state``)
+``not_set_up``         tasks that ran on a session Django did not open (the driver reconnected
+                       by itself: no ``init_connection_state``, so not the isolation level
+                       Django sets; on Django 1.11, sessions seen beyond those Django opened)
 ``worker_restarted``   the worker's processes changed
 ``hung``               SIGTERM did not stop the worker (``hung``)
 ``sessions``           sessions opened, as the server counted them (``N sessions``), or
@@ -56,7 +58,7 @@ SCENARIOS = [
     ('aliases', '6. Two aliases'),
     ('pools', '7. Pools'),
     ('soak', '8. Soak, 10,000 tasks'),
-    ('pymysql_reconnect', '9. PyMySQL, session killed while idle'),
+    ('pymysql_reconnect', '9. Killed while idle, reconnected by Django'),
     ('caught_interrupt', '10. Soft time limit caught by the task'),
 ]
 
@@ -74,8 +76,9 @@ ISSUES = [
     ('shared_sessions', '{0} shared'),
     ('beat_errors', '{0} beat errors'),
     ('left_open', '{0} left open'),
+    ('reused_interrupted', '{0} reused after an interruption'),
     ('stale', '{0} stale reads'),
-    ('not_set_up', '{0} not set up by Django'),
+    ('not_set_up', '{0} on sessions Django did not set up'),
 ]
 
 

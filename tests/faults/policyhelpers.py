@@ -25,6 +25,28 @@ def mysql_databases():
     return {'default': {'OPTIONS': {'isolation_level': 'read committed'}}}
 
 
+def mysql_driver():
+    """The MySQL driver the demo worker uses: mysqlclient if installed, else PyMySQL."""
+    try:
+        import MySQLdb
+    except ImportError:
+        return 'PyMySQL'
+    return 'PyMySQL' if 'pymysql' in getattr(MySQLdb, '__name__', '') else 'mysqlclient'
+
+
+def case_name(vendor):
+    """``mysql (PyMySQL)``, ``postgresql (psycopg2)``: the row of the Reliability table."""
+    return '{0} ({1})'.format(vendor, mysql_driver() if vendor == 'mysql' else 'psycopg2')
+
+
+def not_set_up_count(pairs, vendor, created, reported):
+    """The ``not_set_up`` fact: tasks that ran at another isolation level than Django sets
+    (Django 2.0+ on MariaDB), else how many more sessions the tasks saw than Django opened."""
+    if vendor == 'mysql' and django_sets_isolation():
+        return len(not_set_up(pairs, vendor))
+    return max(0, len(reported) - created)
+
+
 def send_tokens(worker, count, timeout=60.0):
     """``count`` ``token`` tasks, each with a value of its own; returns ``[(token, outcome)]``."""
     tokens = [uuid.uuid4().hex for _ in range(count)]

@@ -20,7 +20,8 @@ import pytest
 
 from celery_django_fixup.harness.run import TIMEOUT
 from policyhelpers import (connections_created, failed, mysql_databases, not_set_up,
-                           send_tokens, set_up_by_django, stale, timed_out)
+                           send_tokens, set_up_by_django, stale, timed_out, case_name,
+                           not_set_up_count)
 
 pytestmark = pytest.mark.faults
 
@@ -52,10 +53,10 @@ def test_caught_soft_time_limit(database, start_worker, variant, line, record, e
     created = connections_created(created_file, vendor)
     next_one = after[0][1]
     reused = int(next_one.backend == caught.backend)
-    facts = record('caught_interrupt', variant, case=vendor, tasks=len(everything) + 1,
+    facts = record('caught_interrupt', variant, case=case_name(vendor), tasks=len(everything) + 1,
                    failed=len(failed(after)), timeout=len(timed_out(after)),
-                   stale=len(stale(after)), reused=reused, sessions=len(reported),
-                   not_set_up=max(len(reported) - created, len(not_set_up(everything, vendor))),
+                   stale=len(stale(after)), reused_interrupted=reused, sessions=len(reported),
+                   not_set_up=not_set_up_count(everything, vendor, created, reported),
                    hung=stopped == 'hung')
     context = explain(facts, [outcome for _, outcome in after], worker)
     context += '\ncaught: {0!r}; created by Django: {1}; reported: {2}; stale: {3}'.format(

@@ -20,7 +20,8 @@ import time
 import pytest
 
 from policyhelpers import (connections_created, failed, mysql_databases, not_set_up,
-                           send_tokens, set_up_by_django, stale, timed_out)
+                           send_tokens, set_up_by_django, stale, timed_out, case_name,
+                           not_set_up_count)
 
 pytestmark = pytest.mark.faults
 
@@ -52,10 +53,10 @@ def test_session_killed_while_idle_is_set_up_by_django(mariadb_db, start_worker,
     everything = first + after
     reported = set(outcome.backend for _, outcome in everything if outcome.ok)
     created = connections_created(created_file, 'mysql')
-    facts = record('pymysql_reconnect', variant, case='session killed while idle',
+    facts = record('pymysql_reconnect', variant, case=case_name('mysql'),
                    kills=len(killed), failed=len(failed(after)), timeout=len(timed_out(after)),
                    stale=len(stale(everything)), sessions=len(reported),
-                   not_set_up=max(len(reported) - created, len(not_set_up(everything, 'mysql'))),
+                   not_set_up=not_set_up_count(everything, 'mysql', created, reported),
                    hung=stopped == 'hung')
     context = explain(facts, [outcome for _, outcome in after], worker)
     context += '\ncreated by Django: {0}; reported: {1}; killed: {2}; isolation: {3}'.format(
