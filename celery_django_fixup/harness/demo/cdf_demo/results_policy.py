@@ -1,9 +1,10 @@
 """A result backend for the demo whose store is interrupted once.
 
 Set ``result_backend`` (``CDF_SETTINGS_JSON``) to
-``cdf_demo.results_policy:InterruptedStoreBackend+redis://HOST:PORT/DB``: Celery's Redis backend, except that storing the success of a task whose result carries
-``tasks_policy.INTERRUPT_STORE`` raises ``SoftTimeLimitExceeded``, as a soft time limit that fires
-while a database result backend (django-celery-results) writes does. The task's body has
+``cdf_demo.results_policy:InterruptedStoreBackend+redis://HOST:PORT/DB``: Celery's Redis
+backend, except that storing the success of a task whose result carries
+``tasks_policy.INTERRUPT_STORE`` raises ``SoftTimeLimitExceeded``, as a soft time limit that
+fires while a database result backend (django-celery-results) writes does. The task's body has
 returned: ``task_postrun`` says ``SUCCESS``, then Celery reports an internal error and stores the
 task's failure (that store goes through).
 """
