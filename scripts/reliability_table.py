@@ -31,6 +31,11 @@ The facts a cell shows (each record may have any of them):
 ``lost_connection``    the main process's own queries that lost their session
 ``transaction_errors`` ``TransactionManagementError`` raised in a test
 ``committed``          rows a ``TestCase`` wrote that were committed, not rolled back
+``reused_interrupted`` a session handed on after a soft time limit the task caught
+``stale``              tasks that read back a value that was not theirs
+``not_set_up``         tasks that ran on a session Django did not open (the driver reconnected
+                       by itself: no ``init_connection_state``, so not the isolation level
+                       Django sets; on Django 1.11, sessions seen beyond those Django opened)
 ``worker_restarted``   the worker's processes changed
 ``hung``               SIGTERM did not stop the worker (``hung``)
 ``sessions``           sessions opened, as the server counted them (``N sessions``), or
@@ -67,6 +72,8 @@ SCENARIOS = [
     ('beat_fds', "10. Embedded beat's files and sockets (-B -c 1; failed: beat ticks)"),
     ('parent_session', "11. Main process's own session, pool forked 6 times (PyMySQL)"),
     ('testing_worker', '12. Testing worker (start_worker) inside a Django TestCase'),
+    ('pymysql_reconnect', '9. Killed while idle, reconnected by Django'),
+    ('caught_interrupt', '10. Soft time limit caught by the task'),
 ]
 
 #: Stock release lines shown by default: ``4.1`` means every 4.1.x, ``4.4.0`` only 4.4.0.
@@ -91,6 +98,9 @@ ISSUES = [
     ('lost_connection', '{0} lost connection'),
     ('transaction_errors', '{0} TransactionManagementError'),
     ('committed', '{0} rows committed'),
+    ('reused_interrupted', '{0} reused after an interruption'),
+    ('stale', '{0} stale reads'),
+    ('not_set_up', '{0} on sessions Django did not set up'),
 ]
 
 

@@ -1,0 +1,97 @@
+"""Helpers of the fault scenarios whose tasks check what their session returns and how Django
+set it up (``cdf_demo.token``)."""
+from __future__ import absolute_import
+
+import os
+import uuid
+
+from celery_django_fixup.harness.run import TIMEOUT
+
+#: What Django 2.0+ sets in ``init_connection_state`` (``OPTIONS['isolation_level']``), as
+#: MariaDB names it; Django 1.11 sets no isolation level (the server's default stays).
+READ_COMMITTED = 'READ-COMMITTED'
+
+
+def django_sets_isolation():
+    import django
+    return django.VERSION >= (2, 0)
+
+
+def mysql_databases():
+    """``databases`` for a worker on MariaDB: the isolation level said explicitly (Django's
+    default from 2.0), so that a session Django did not set up shows."""
+    if not django_sets_isolation():
+        return None
+    return {'default': {'OPTIONS': {'isolation_level': 'read committed'}}}
+
+
+def mysql_driver():
+    """The MySQL driver the demo worker uses: mysqlclient if installed, else PyMySQL."""
+    try:
+        import MySQLdb
+    except ImportError:
+        return 'PyMySQL'
+    return 'PyMySQL' if 'pymysql' in getattr(MySQLdb, '__name__', '') else 'mysqlclient'
+
+
+def case_name(vendor):
+    """``mysql (PyMySQL)``, ``postgresql (psycopg2)``: the row of the Reliability table."""
+    return '{0} ({1})'.format(vendor, mysql_driver() if vendor == 'mysql' else 'psycopg2')
+
+
+def not_set_up_count(pairs, vendor, created, reported):
+    """The ``not_set_up`` fact: tasks that ran at another isolation level than Django sets
+    (Django 2.0+ on MariaDB), else how many more sessions the tasks saw than Django opened."""
+    if vendor == 'mysql' and django_sets_isolation():
+        return len(not_set_up(pairs, vendor))
+    return max(0, len(reported) - created)
+
+
+def send_tokens(worker, count, timeout=60.0):
+    """``count`` ``token`` tasks, each with a value of its own; returns ``[(token, outcome)]``."""
+    tokens = [uuid.uuid4().hex for _ in range(count)]
+    outcomes = []
+    for token in tokens:
+        outcomes.extend(worker.send('token', args=[token]))
+    worker.collect(outcomes, timeout=timeout, stall=20)
+    return list(zip(tokens, outcomes))
+
+
+def stale(pairs):
+    """The tasks that succeeded but did not read back their own value."""
+    return [outcome for token, outcome in pairs
+            if outcome.ok and (outcome.result.get('row') or [None])[0] != token]
+
+
+def failed(pairs):
+    return [outcome for _, outcome in pairs if not outcome.ok and outcome.state != TIMEOUT]
+
+
+def timed_out(pairs):
+    return [outcome for _, outcome in pairs if outcome.state == TIMEOUT]
+
+
+def not_set_up(pairs, vendor):
+    """Tasks that ran on a session at another isolation level than Django sets (MariaDB on
+    Django 2.0+ only: elsewhere nothing tells)."""
+    if vendor != 'mysql' or not django_sets_isolation():
+        return []
+    return [outcome for _, outcome in pairs
+            if outcome.ok and outcome.result.get('isolation') != READ_COMMITTED]
+
+
+def connections_created(path, vendor):
+    """How many connections Django opened in the worker (``CDF_CONNECTIONS_FILE``)."""
+    if not os.path.exists(path):
+        return 0
+    with open(path) as fh:
+        return sum(1 for line in fh if line.split()[-1:] == [vendor])
+
+
+def set_up_by_django(created, reported, vendor):
+    """Whether every session the tasks reported was opened by Django: as many connections
+    created as sessions seen, plus the one Django 1.11's MySQL backend opens and closes once per
+    process to read the server's version (``mysql_version``), which no task sees."""
+    import django
+    probe = 1 if vendor == 'mysql' and django.VERSION < (2, 0) else 0
+    return len(reported) <= created <= len(reported) + probe
