@@ -22,6 +22,7 @@ __all__ = ('install', 'uninstall', 'is_patched', 'get_original', 'fixup')
 _saved = {}
 
 _RECEIVER_UID = 'celery_django_fixup.patch.on_worker_init'
+_PROCESS_RECEIVER_UID = 'celery_django_fixup.patch.on_worker_process_init'
 
 #: How a ``Celery(fixups=[...])`` entry may name Celery's own Django fix-up.
 _UPSTREAM_FIXUP_NAMES = ('celery.fixups.django:fixup', 'celery.fixups.django.fixup')
@@ -60,6 +61,8 @@ def install(stacklevel=2):
         _saved.setdefault('DjangoWorkerFixup', upstream.DjangoWorkerFixup)
         upstream.DjangoWorkerFixup = DjangoWorkerFixup
     signals.worker_init.connect(on_worker_init, weak=False, dispatch_uid=_RECEIVER_UID)
+    signals.worker_process_init.connect(on_worker_process_init, weak=False,
+                                        dispatch_uid=_PROCESS_RECEIVER_UID)
     for app in list(_state._get_active_apps()):
         if _created_too_early(app):
             warnings.warn(LateActivationWarning(LATE_ACTIVATION.format(app=app)),
@@ -73,6 +76,8 @@ def uninstall():
     Worker fix-ups already created keep the class they were created with.
     """
     signals.worker_init.disconnect(on_worker_init, dispatch_uid=_RECEIVER_UID)
+    signals.worker_process_init.disconnect(on_worker_process_init,
+                                           dispatch_uid=_PROCESS_RECEIVER_UID)
     if 'DjangoWorkerFixup' not in _saved:
         return False
     upstream.DjangoWorkerFixup = _saved.pop('DjangoWorkerFixup')
@@ -108,6 +113,25 @@ def on_worker_init(sender=None, **kwargs):
             worker_fixup.on_worker_init(sender=sender, **kwargs)
         else:
             warnings.warn(LateActivationWarning(LATE_ACTIVATION.format(app=app)))
+
+
+def on_worker_process_init(sender=None, **kwargs):
+    """Install the patched worker fix-up in a pool process that was spawned, not forked.
+
+    With ``worker_pool_start_method = 'spawn'`` (Celery 5.7), a pool process imports the app
+    afresh and is sent ``worker_process_init`` but never ``worker_init``, so no Django worker
+    fix-up, Celery's or ours, would handle its connections. A forked pool process has the one
+    its parent installed, and is left to it.
+    """
+    for app in list(_state._get_active_apps()):
+        for django_fixup in _django_fixups(app):
+            if django_fixup._worker_fixup is not None:
+                continue
+            worker_fixup = django_fixup.worker_fixup
+            if isinstance(worker_fixup, DjangoWorkerFixup):
+                worker_fixup.install()
+                # install() connected the handler to the signal being sent: too late for it.
+                worker_fixup.on_worker_process_init(sender=sender, **kwargs)
 
 
 def _names_upstream_fixup(entry):

@@ -6,7 +6,7 @@ from __future__ import absolute_import
 
 from celery import states
 
-__all__ = ('reason_to_discard', 'task_succeeded', 'is_green_pool')
+__all__ = ('reason_to_discard', 'reason_to_discard_after_task', 'is_green_pool')
 
 try:
     _string_types = (basestring,)  # noqa: F821 -- Python 2
@@ -33,15 +33,30 @@ def reason_to_discard(conn):
     return None
 
 
-def task_succeeded(state):
-    """True if a ``task_postrun`` state lets the task's connections be kept.
+def reason_to_discard_after_task(state, exception=None, interrupted=False, green=False):
+    """Why every connection of the thread that ran a task must be closed when the task ends,
+    whatever their age, or None if each may be kept as Django's rules say.
 
-    A failed, retried, rejected or interrupted task may have left its connection broken in a
-    way Django does not record: a ``SoftTimeLimitExceeded`` raised in the middle of a query
-    never passes Django's error wrapper (Django ticket 30646, celery#9824). A ``task_postrun``
-    sent without a state counts as a success, as it did before Celery sent one.
+    ``state`` is what ``task_postrun`` was sent; ``exception`` one raised past it (Celery
+    sends ``task_postrun`` from a ``finally``); ``interrupted`` whether a soft time limit was
+    delivered during the task; ``green`` whether tasks run in greenlets.
+
+    A task that did not end in ``SUCCESS`` may have left its connection broken in a way Django
+    does not record: a ``SoftTimeLimitExceeded`` raised in the middle of a query never passes
+    Django's error wrapper (Django ticket 30646, celery#9824). Celery sends no state (None)
+    when the task raised a ``BaseException`` or when its own error handling failed. A soft
+    time limit the task caught may have landed in the middle of a driver's exchange with the
+    server. Greenlet pools: connections are per greenlet and die unclosed with it.
     """
-    return state is None or state == states.SUCCESS
+    if green:
+        return 'tasks run in greenlets'
+    if state != states.SUCCESS:
+        return 'the task ended in state {0}'.format(state)
+    if exception is not None:
+        return 'the task raised {0!r} after its body returned'.format(exception)
+    if interrupted:
+        return 'a soft time limit was delivered during the task'
+    return None
 
 
 def is_green_pool(pool_cls):

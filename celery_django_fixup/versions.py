@@ -1,20 +1,26 @@
-"""What differs between Celery lines, and the one range of versions this package supports.
+"""What differs between Celery and Django lines, and the one range of versions supported.
 
-Everything that depends on the installed Celery release lives here, so supporting another line
-(Celery 5.x, say) means adding a row to ``LINES`` and whatever that line needs below it.
+Everything that depends on the installed Celery or Django release lives here: the Celery lines
+in ``LINES`` (what stock Celery does with connections, for ``check`` and ``verify``), and below
+them, as capabilities, what the patched class must adapt to.
 """
 from __future__ import absolute_import
 
+import sys
+
 __all__ = (
     'SUPPORTED_CELERY', 'SUPPORTED_DJANGO', 'CeleryLine', 'LINES',
-    'celery_version', 'django_version', 'line_for', 'unsupported_reason', 'fd_owner',
+    'celery_version', 'django_version', 'line_for', 'unsupported_reason',
+    'task_failure_signals', 'exception_in_flight', 'upstream_connects_worker_ready',
+    'upstream_init_kwargs', 'initialized_connections', 'mark_health_check_done',
+    'existing_pool', 'forget_pool',
 )
 
 #: Celery releases the patched fix-up is written and tested against (inclusive).
-SUPPORTED_CELERY = ((4, 0, 0), (4, 4, 7))
+SUPPORTED_CELERY = ((4, 0, 0), (5, 7, 0))
 
 #: Django feature releases supported (inclusive), as ``django.VERSION[:2]``.
-SUPPORTED_DJANGO = ((1, 11), (3, 2))
+SUPPORTED_DJANGO = ((1, 11), (6, 1))
 
 
 class CeleryLine(object):
@@ -66,6 +72,17 @@ LINES = (
         (4, 4, 4), (4, 4, 7), at_task='close_if_unusable_or_obsolete', after_fork='close',
         problem='reuses connections without checking them: a connection broken while idle or '
                 'left by a failed task is handed to the next task (celery#9824)'),
+    CeleryLine(
+        (5, 0, 0), (5, 5, 3), at_task='close_if_unusable_or_obsolete', after_fork='close',
+        problem='reuses connections without checking them: a connection broken while idle or '
+                'left by a failed task is handed to the next task (celery#9824), and a Django '
+                'connection pool inherited across fork is shared or dead in the child '
+                '(celery#9953)'),
+    CeleryLine(
+        (5, 6, 0), (5, 7, 0), at_task='close', after_fork='close',
+        problem='closes every connection before and after every task: CONN_MAX_AGE is '
+                'ignored and every task opens a new database connection (celery#9824); a '
+                'Django connection pool is torn down at every task (celery#10554)'),
 )
 
 
@@ -127,10 +144,81 @@ def unsupported_reason(celery=None, django=None):
     return None
 
 
-def fd_owner(connection):
-    """What upstream's ``_maybe_close_db_fd`` takes for a Django connection wrapper.
+def task_failure_signals():
+    """The signals Celery sends when a task fails, including after its ``task_postrun``
+    (``task_internal_error``: Celery 4.1+)."""
+    from celery import signals
+    return [signal for signal in (signals.task_failure,
+                                  getattr(signals, 'task_internal_error', None))
+            if signal is not None]
 
-    Up to Celery 4.4.x it is the DB-API connection (``wrapper.connection``); Celery 5.5 passes
-    the wrapper itself.
-    """
-    return connection.connection
+
+def exception_in_flight():
+    """The exception propagating through the caller's ``finally`` block, if the interpreter
+    says (Python 3); None on Python 2, where ``sys.exc_info()`` shows only handled ones."""
+    if sys.version_info[0] < 3:
+        return None
+    return sys.exc_info()[1]
+
+
+# -- Celery ------------------------------------------------------------------------------------
+
+def upstream_connects_worker_ready(upstream_cls):
+    """Whether upstream's class has ``on_worker_ready`` (its DEBUG warning), connected to
+    ``worker_ready``: Celery 4.0-5.2; 5.3 removed both."""
+    return hasattr(upstream_cls, 'on_worker_ready')
+
+
+#: Given to Celery 5.6.1's ``DjangoWorkerFixup.__init__`` as the worker: given none, that
+#: release builds a ``WorkController``, which builds the fix-up again (celery#10045). The
+#: worker is set when ``worker_init`` is sent, as on every other release.
+_WORKER_NOT_YET = type('WorkerNotYet', (object,), {'__bool__': lambda self: True,
+                                                    '__nonzero__': lambda self: True})()
+
+
+def upstream_init_kwargs(upstream_cls):
+    """What upstream's ``__init__`` takes besides the app."""
+    try:
+        from inspect import signature
+    except ImportError:  # Python 2: Celery 4 takes the app only
+        return {}
+    if 'worker' in signature(upstream_cls.__init__).parameters:
+        return {'worker': _WORKER_NOT_YET}
+    return {}
+
+
+# -- Django ------------------------------------------------------------------------------------
+
+def initialized_connections(handler):
+    """The connection wrappers of this thread; from Django 4.1 only those already created
+    (``all(initialized_only=True)``), so that closing nothing creates nothing."""
+    try:
+        return handler.all(initialized_only=True)
+    except TypeError:  # Django < 4.1
+        return handler.all()
+
+
+def mark_health_check_done(conn):
+    """Tell Django 4.1+ (``CONN_HEALTH_CHECKS``) that the connection is being checked by the
+    fix-up, so that Django does not add a second round trip of its own (and, on MySQL, a
+    ``ping()`` that PyMySQL answers by reconnecting in place)."""
+    if hasattr(conn, 'health_check_done'):
+        conn.health_check_done = True
+
+
+def existing_pool(conn):
+    """The Django connection pool of ``conn``'s alias in this process (PostgreSQL with
+    psycopg 3 and ``OPTIONS['pool']``, Django 5.1+), without creating one, or None."""
+    pools = getattr(type(conn), '_connection_pools', None)
+    if not pools:
+        return None
+    return pools.get(conn.alias)
+
+
+def forget_pool(conn):
+    """Remove ``conn``'s alias's pool from Django's per-process registry without closing it,
+    and return it (or None): the next use creates a new one."""
+    pools = getattr(type(conn), '_connection_pools', None)
+    if not pools:
+        return None
+    return pools.pop(conn.alias, None)

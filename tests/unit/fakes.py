@@ -53,14 +53,18 @@ class FakeConnection(object):
 
 class FakeDbapiConnection(object):
     fd = 1000
+    closed = 0
 
     def fileno(self):
         return self.fd
+
+    def close(self):
+        self.closed = 1
 
 
 class FakeConnectionHandler(object):
     def __init__(self, *conns):
         self.conns = list(conns)
 
-    def all(self):
+    def all(self, initialized_only=False):
         return list(self.conns)

@@ -77,9 +77,9 @@ class test_install(object):
 
     @pytest.mark.parametrize('celery_version,django_version,text', [
         ((3, 1, 26), (1, 11), 'Celery 3.1.26 is installed'),
-        ((5, 2, 7), (3, 2), 'Celery 5.2.7 is installed'),
+        ((5, 8, 0), (5, 2), 'Celery 5.8.0 is installed'),
         ((4, 4, 7), (1, 10), 'Django 1.10 is installed'),
-        ((4, 4, 7), (4, 2), 'Django 4.2 is installed'),
+        ((4, 4, 7), (6, 2), 'Django 6.2 is installed'),
         ((4, 4, 7), None, 'Django is not installed'),
     ])
     def test_unsupported_versions_warn_and_patch_nothing(self, clean, recwarnings,
@@ -199,7 +199,7 @@ def test_import_never_raises_into_the_application():
 
 def test_import_on_unsupported_celery_only_warns():
     code = (
-        'import celery; celery.VERSION = celery.VERSION.__class__(5, 2, 7, "", "")\n'
+        'import celery; celery.VERSION = celery.VERSION.__class__(5, 8, 0, "", "")\n'
         'import warnings\n'
         'with warnings.catch_warnings(record=True) as w:\n'
         '    warnings.simplefilter("always")\n'

@@ -38,12 +38,31 @@ class test_reason_to_discard(object):
         assert conn.calls == []
 
 
-@pytest.mark.parametrize('state,succeeded', [
-    ('SUCCESS', True), (None, True), ('FAILURE', False), ('RETRY', False),
+@pytest.mark.parametrize('state,kept', [
+    ('SUCCESS', True), (None, False), ('FAILURE', False), ('RETRY', False),
     ('REVOKED', False), ('IGNORED', False), ('REJECTED', False),
 ])
-def test_task_succeeded(state, succeeded):
-    assert policy.task_succeeded(state) is succeeded
+def test_only_a_task_that_succeeded_keeps_its_connections(state, kept):
+    assert (policy.reason_to_discard_after_task(state) is None) is kept
+
+
+def test_no_state_is_not_a_success():
+    # Celery sends None when the task raised a BaseException or its error handling failed.
+    assert 'None' in policy.reason_to_discard_after_task(None)
+
+
+def test_success_with_an_exception_past_postrun_is_not_kept():
+    # The body returned (SUCCESS), then storing the result raised.
+    reason = policy.reason_to_discard_after_task('SUCCESS', exception=KeyError('x'))
+    assert 'KeyError' in reason
+
+
+def test_success_after_a_soft_time_limit_is_not_kept():
+    assert 'soft time limit' in policy.reason_to_discard_after_task('SUCCESS', interrupted=True)
+
+
+def test_greenlet_pools_never_keep():
+    assert policy.reason_to_discard_after_task('SUCCESS', green=True)
 
 
 @pytest.mark.parametrize('pool,green', [

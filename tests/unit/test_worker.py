@@ -10,7 +10,7 @@ from celery.fixups import django as upstream
 
 from celery_django_fixup import InvalidSetting, versions
 from celery_django_fixup.connections import LazyHealthCheck
-from celery_django_fixup.worker import DjangoWorkerFixup, upstream_class
+from celery_django_fixup.worker import POOL_CHILD, DjangoWorkerFixup, upstream_class
 
 try:
     from unittest import mock
@@ -67,11 +67,14 @@ class test_install(object):
         fixup = make_fixup(app, conn)
         with mock.patch('celery_django_fixup.worker.signals') as sigs:
             assert fixup.install() is fixup
+            fixup.uninstall()
         sigs.beat_embedded_init.connect.assert_called_with(fixup.on_beat_embedded_init)
         sigs.worker_ready.connect.assert_called_with(fixup.on_worker_ready)
         sigs.task_prerun.connect.assert_called_with(fixup.on_task_prerun)
         sigs.task_postrun.connect.assert_called_with(fixup.on_task_postrun)
         sigs.worker_process_init.connect.assert_called_with(fixup.on_worker_process_init)
+        sigs.worker_process_shutdown.connect.assert_called_with(fixup.on_worker_process_shutdown)
+        sigs.worker_shutdown.connect.assert_called_with(fixup.on_worker_shutdown)
         # Forced, not close_if_unusable_or_obsolete: the parent must not fork with it open.
         assert conn.calls == ['close']
         assert conn.connection is None
@@ -140,12 +143,13 @@ class test_task_boundaries(object):
         assert conn.calls[0] == 'close'
         assert conn.connection is None
 
-    def test_postrun_without_state_counts_as_success(self, app):
+    def test_postrun_without_state_is_not_a_success(self, app):
+        # Celery sends no state when the task raised a BaseException.
         conn = FakeConnection()
         fixup = make_fixup(app, conn)
         fixup.on_task_postrun(task())
-        assert 'close' not in conn.calls
-        assert conn.connection is not None
+        assert conn.calls[0] == 'close'
+        assert conn.connection is None
 
     @pytest.mark.parametrize('attribute', ['in_atomic_block', 'needs_rollback'])
     def test_connection_left_in_a_transaction_is_discarded(self, app, attribute):
@@ -236,34 +240,44 @@ class test_pools(object):
 
 class test_fork(object):
 
-    def test_child_closes_inherited_fds_then_forces_a_close(self, app):
+    def test_child_drops_inherited_connections_with_no_io(self, app):
         a, b = FakeConnection('a'), FakeConnection('b')
-        a.connection.fd, b.connection.fd = 1001, 1002
+        dbapi_a, dbapi_b = a.connection, b.connection
+        dbapi_a.fd, dbapi_b.fd = 1001, 1002
         fixup = make_fixup(app, a, b)
-        with mock.patch('os.close') as close_fd:
+        with mock.patch('celery_django_fixup.connections._point_at_devnull',
+                        return_value=True) as devnull:
             fixup.on_worker_process_init()
-        close_fd.assert_has_calls([mock.call(1001), mock.call(1002)])
-        # Never a ping, never close_if_unusable_or_obsolete: the inherited socket is the parent's.
-        assert a.calls == ['close'] and b.calls == ['close']
+        # Each socket pointed at /dev/null, then closed by the driver: whatever it sends
+        # goes nowhere. Never a ping, never Django's close(): the session is the parent's.
+        devnull.assert_has_calls([mock.call(1001), mock.call(1002)])
+        assert dbapi_a.closed and dbapi_b.closed
+        assert a.calls == [] and b.calls == []
         assert a.connection is None and b.connection is None
         assert_cache_closed(fixup)
 
     def test_child_with_no_connection_closes_nothing(self, app):
         conn = FakeConnection(connected=False)
         fixup = make_fixup(app, conn)
-        with mock.patch('os.close') as close_fd:
+        with mock.patch('celery_django_fixup.connections._point_at_devnull') as devnull:
             fixup.on_worker_process_init()
-        close_fd.assert_not_called()
+        devnull.assert_not_called()
 
-    def test_fd_that_cannot_be_closed_does_not_stop_the_rest(self, app):
-        # psycopg2 raises its own InterfaceError from fileno() on a closed connection.
+    def test_socket_that_cannot_be_found_is_never_closed(self, app):
+        # psycopg2 raises its own InterfaceError from fileno() on a closed connection; other
+        # drivers have no fileno() at all: the DB-API object is then kept, never closed.
+        from celery_django_fixup import connections
         a, b = FakeConnection('a'), FakeConnection('b')
-        a.connection.fileno = mock.Mock(side_effect=type('InterfaceError', (Exception,), {}))
+        dbapi_a = a.connection
+        dbapi_a.fileno = mock.Mock(side_effect=type('InterfaceError', (Exception,), {}))
         fixup = make_fixup(app, a, b)
-        with mock.patch('os.close') as close_fd:
+        with mock.patch('celery_django_fixup.connections._point_at_devnull',
+                        return_value=True) as devnull:
             fixup.on_worker_process_init()
-        close_fd.assert_called_once_with(b.connection.fd if b.connection else 1000)
+        devnull.assert_called_once_with(1000)
+        assert not dbapi_a.closed and dbapi_a in connections._orphans
         assert a.connection is None and b.connection is None
+        connections._orphans.remove(dbapi_a)
 
     def test_child_started_by_execv_validates_models(self, app):
         fixup = make_fixup(app)
@@ -272,13 +286,95 @@ class test_fork(object):
                 fixup.on_worker_process_init()
         validate.assert_called_with()
 
-    def test_embedded_beat_is_treated_like_a_child(self, app):
+    def test_any_fork_drops_inherited_connections(self, app):
         conn = FakeConnection()
+        dbapi = conn.connection
         fixup = make_fixup(app, conn)
-        with mock.patch('os.close') as close_fd:
-            fixup.on_beat_embedded_init()
-        close_fd.assert_called_once_with(1000)
-        assert conn.calls == ['close']
+        with mock.patch('celery_django_fixup.connections._point_at_devnull',
+                        return_value=True):
+            fixup.on_fork_in_child()
+        assert dbapi.closed and conn.calls == [] and conn.connection is None
+
+    def test_embedded_beat_touches_no_inherited_fd(self, app):
+        # beat closed every inherited fd before beat_embedded_init: their numbers may belong
+        # to the scheduler's files now. Nothing is closed, nothing is written.
+        from celery_django_fixup import connections, processes
+        inherited, own = FakeConnection('inherited'), FakeConnection('own')
+        dbapi = inherited.connection
+        processes.record(own)
+        fixup = make_fixup(app, inherited, own)
+        service = mock.Mock(name='beat.Service')
+        original_sync = service.sync
+        with mock.patch('celery_django_fixup.connections._point_at_devnull') as devnull, \
+                mock.patch('celery_django_fixup.processes.signal') as sig:
+            sig.getsignal.return_value = sig.SIG_DFL  # as beat leaves it
+            fixup.on_beat_embedded_init(sender=service)
+        devnull.assert_not_called()
+        assert not dbapi.closed and dbapi in connections._orphans
+        assert inherited.calls == [] and inherited.connection is None
+        # beat's own connection is kept, and checked before every use.
+        assert own.connection is not None and fixup.health_check.is_armed(own)
+        connections._orphans.remove(dbapi)
+        # SIGTERM stops beat through its loop, and its last sync closes the connections.
+        sig.signal.assert_called_once_with(sig.SIGTERM, mock.ANY)
+        with pytest.raises(SystemExit):
+            sig.signal.call_args[0][1](15, None)
+        service.sync()
+        original_sync.assert_called_once_with()
+        assert own.connection is None
+
+    def test_install_leaves_a_connection_inside_an_atomic_block(self, app):
+        # The testing worker is built inside the test's transaction: it is the test's.
+        conn = FakeConnection()
+        conn.in_atomic_block = True
+        fixup = make_fixup(app, conn)
+        with mock.patch('celery_django_fixup.worker.signals'):
+            fixup.install()
+            fixup.uninstall()
+        assert conn.calls == [] and conn.connection is not None
+
+
+class test_processes(object):
+
+    def test_pool_process_closes_its_connections_before_it_exits(self, app):
+        from celery_django_fixup import processes
+        own, other = FakeConnection('own'), FakeConnection('other')
+        processes.record(own)
+        fixup = make_fixup(app, own, other)
+        fixup.on_worker_process_shutdown()
+        assert own.calls == ['close'] and own.connection is None
+        # Not opened by this process: not this process's to close.
+        assert other.calls == [] and other.connection is not None
+
+    def test_main_process_closes_them_at_shutdown(self, app):
+        from celery_django_fixup import processes
+        own = FakeConnection('own')
+        processes.record(own)
+        fixup = make_fixup(app, own)
+        fixup.on_worker_shutdown()
+        assert own.connection is None
+
+    def test_main_process_checks_a_connection_before_every_use(self, app):
+        conn = FakeConnection(usable=True)
+        fixup = make_fixup(app, conn)
+        fixup.on_connection_created(connection=conn)
+        for _ in range(2):
+            conn.ensure_connection()
+        assert conn.calls == ['is_usable', 'ensure_connection'] * 2
+        conn.usable = False
+        old = conn.connection
+        conn.ensure_connection()
+        assert conn.connection is not old
+
+    def test_pool_process_checks_once_per_task(self, app):
+        from fakes import FakeDbapiConnection
+        conn = FakeConnection(usable=True, connected=False)
+        fixup = make_fixup(app, conn)
+        fixup.on_worker_process_init()
+        conn.connection = FakeDbapiConnection()
+        fixup.on_connection_created(connection=conn)
+        conn.ensure_connection()
+        assert 'is_usable' not in conn.calls
 
 
 class test_reuse_max(object):
@@ -323,6 +419,7 @@ class test_health_checks(object):
     def test_kept_connection_is_checked_on_first_use(self, app):
         conn = FakeConnection(usable=True)
         fixup = make_fixup(app, conn)
+        fixup.role = POOL_CHILD
         fixup.on_task_prerun(task())
         del conn.calls[:]
         conn.ensure_connection()
@@ -333,6 +430,7 @@ class test_health_checks(object):
         conn = FakeConnection(usable=False)
         old = conn.connection
         fixup = make_fixup(app, conn)
+        fixup.role = POOL_CHILD
         fixup.on_task_prerun(task())
         conn.ensure_connection()
         assert conn.connection is not None and conn.connection is not old
@@ -341,6 +439,7 @@ class test_health_checks(object):
     def test_task_that_never_uses_the_database_costs_no_check(self, app):
         conn = FakeConnection(usable=False)
         fixup = make_fixup(app, conn)
+        fixup.role = POOL_CHILD
         fixup.on_task_prerun(task())
         fixup.on_task_postrun(task(), state='SUCCESS')
         assert 'is_usable' not in conn.calls
@@ -349,6 +448,7 @@ class test_health_checks(object):
     def test_new_connection_is_not_checked(self, app):
         conn = FakeConnection(connected=False)
         fixup = make_fixup(app, conn)
+        fixup.role = POOL_CHILD
         fixup.on_task_prerun(task())
         conn.ensure_connection()
         assert conn.calls == ['close_if_unusable_or_obsolete', 'ensure_connection']
@@ -356,29 +456,39 @@ class test_health_checks(object):
     def test_setting_turns_it_off(self, app):
         conn = FakeConnection(usable=False)
         fixup = make_fixup(app, conn, CELERY_DB_HEALTH_CHECKS=False)
+        fixup.role = POOL_CHILD
         fixup.on_task_prerun(task())
         conn.ensure_connection()
         assert 'is_usable' not in conn.calls
 
+    def test_tasks_in_the_main_process_check_before_every_use(self, app):
+        # The solo and threads pools: the main process's rule.
+        conn = FakeConnection(usable=True)
+        fixup = make_fixup(app, conn)
+        fixup.on_task_prerun(task())
+        del conn.calls[:]
+        conn.ensure_connection()
+        conn.ensure_connection()
+        assert conn.calls == ['is_usable', 'ensure_connection'] * 2
+        fixup.on_task_postrun(task(), state='SUCCESS')
+        assert fixup.health_check.is_armed(conn)
+
     def test_never_closes_inside_an_atomic_block(self, app):
         conn = FakeConnection(usable=False)
         fixup = make_fixup(app, conn)
+        fixup.role = POOL_CHILD
         fixup.on_task_prerun(task())
         conn.in_atomic_block = True
         conn.ensure_connection()
         assert 'close' not in conn.calls
 
 
-def test_fd_helper_is_upstreams(app):
-    fixup = make_fixup(app)
-    with mock.patch.object(upstream, '_maybe_close_fd') as close_fd:
-        fixup._maybe_close_db_fd('raw')
-    close_fd.assert_called_with('raw')
-
-
 def test_every_override_says_why():
+    import inspect
     from celery_django_fixup.worker import OVERRIDES
     original = upstream_class()
-    overridden = set(name for name in vars(DjangoWorkerFixup)
-                     if callable(getattr(original, name, None)) and name in vars(original))
-    assert overridden == set(OVERRIDES)
+    # Every method upstream has that the class overrides, and every public one it adds.
+    methods = set(name for name, value in vars(DjangoWorkerFixup).items()
+                  if inspect.isfunction(value) and
+                  (name in vars(original) or not name.startswith('_')))
+    assert methods == set(OVERRIDES)
