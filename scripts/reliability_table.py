@@ -23,6 +23,8 @@ The facts a cell shows (each record may have any of them):
 ``shared_sessions``    server sessions used by two processes
 ``beat_errors``        failed queries of the embedded beat process
 ``left_open``          sessions left open by finished tasks while the worker was idle
+``pool_errors``        ``PoolTimeout`` / ``pool is closed`` seen in task errors or the log
+``parent_ended``       a child ended the session its parent held at fork
 ``worker_restarted``   the worker's processes changed
 ``hung``               SIGTERM did not stop the worker (``hung``)
 ``sessions``           sessions opened, as the server counted them (``N sessions``), or
@@ -53,6 +55,7 @@ SCENARIOS = [
     ('aliases', '6. Two aliases'),
     ('pools', '7. Pools'),
     ('soak', '8. Soak, 10,000 tasks'),
+    ('django_pool', '9. Django connection pool (5.1+)'),
 ]
 
 #: Stock release lines shown by default: ``4.1`` means every 4.1.x, ``4.4.0`` only 4.4.0.
@@ -69,6 +72,8 @@ ISSUES = [
     ('shared_sessions', '{0} shared'),
     ('beat_errors', '{0} beat errors'),
     ('left_open', '{0} left open'),
+    ('pool_errors', '{0} pool errors'),
+    ('parent_ended', "parent's session ended"),
 ]
 
 
