@@ -20,14 +20,16 @@ def version():
 
 
 class BuildWithPatches(build_py):
-    """Ship the top-level patches/ inside the package, for ``celery-django-fixup diff``."""
+    """Ship the top-level patches/upstream-backports/ inside the package (the record of
+    Celery 4.4.4's own fix-up that ``celery_django_fixup.upstream_patches`` reads)."""
 
     def run(self):
         build_py.run(self)
-        source = os.path.join(HERE, 'patches')
+        source = os.path.join(HERE, 'patches', 'upstream-backports')
         if not os.path.isdir(source):
             return
-        target = os.path.join(self.build_lib, 'celery_django_fixup', 'patches')
+        target = os.path.join(self.build_lib, 'celery_django_fixup', 'patches',
+                              'upstream-backports')
         self.mkpath(target)
         for name in sorted(os.listdir(source)):
             if name.endswith('.diff'):
@@ -60,6 +62,14 @@ setup(
         'Framework :: Django :: 3.0',
         'Framework :: Django :: 3.1',
         'Framework :: Django :: 3.2',
+        'Framework :: Django :: 4.0',
+        'Framework :: Django :: 4.1',
+        'Framework :: Django :: 4.2',
+        'Framework :: Django :: 5.0',
+        'Framework :: Django :: 5.1',
+        'Framework :: Django :: 5.2',
+        'Framework :: Django :: 6.0',
+        'Framework :: Django :: 6.1',
         'Intended Audience :: Developers',
         'License :: OSI Approved :: BSD License',
         'Operating System :: POSIX',
@@ -69,6 +79,11 @@ setup(
         'Programming Language :: Python :: 3.6',
         'Programming Language :: Python :: 3.7',
         'Programming Language :: Python :: 3.8',
+        'Programming Language :: Python :: 3.9',
+        'Programming Language :: Python :: 3.10',
+        'Programming Language :: Python :: 3.11',
+        'Programming Language :: Python :: 3.12',
+        'Programming Language :: Python :: 3.13',
         'Topic :: Database',
         'Topic :: System :: Distributed Computing',
     ],
