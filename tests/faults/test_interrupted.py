@@ -13,7 +13,8 @@ on the same pool process (``probe`` reports its process even when it fails). On 
 - stock, where the line closes every connection at every task (4.0-4.1, 4.4.0-4.4.3): the same;
 - stock, where the line reuses (4.2-4.3, 4.4.4-4.4.7): the connection of a failed task is
   handed to the next task, and after a soft time limit in a query the next task fails
-  (``InterfaceError: connection already closed``). Django itself drops a connection left with
+  (psycopg2: ``InterfaceError: connection already closed``; psycopg 3: ``another command is
+  already in progress``). Django itself drops a connection left with
   autocommit off, so that case is clean on every line.
 """
 from __future__ import absolute_import
@@ -39,6 +40,20 @@ REPEATS = 2
 DIRTY = ('current transaction is aborted', 'another command is already in progress')
 #: Probes sent at most to find the next task on one process.
 MAX_PROBES = 12
+
+
+def interrupted_query_error():
+    """What the next task's query says on a connection a soft time limit interrupted in the
+    middle of a query: psycopg2 (through ``slow_query``'s wait callback) closes the connection;
+    psycopg 3, which Django 4.2+ uses when it is installed, leaves the query running."""
+    from celery_django_fixup import versions
+    if versions.django_version() >= (4, 2):
+        try:
+            import psycopg  # noqa: F401
+            return 'another command is already in progress'
+        except ImportError:
+            pass
+    return 'connection already closed'
 
 
 def one(worker, task, kwargs=None):
@@ -111,8 +126,8 @@ def test_next_task_gets_a_clean_connection(pg_db, start_worker, variant, line, r
            hung=stopped == 'hung')
 
     assert stopped == 'stopped', (worker.stop_seconds, worker.log_tail())
-    assert not dirty, dirty
     if strict:
+        assert not dirty, dirty
         for case, unsafe, after in pairs:
             assert after.ok, (case, unsafe, after, worker.log_tail())
             assert after.backend != unsafe.backend, (case, unsafe, after)
@@ -125,7 +140,9 @@ def test_next_task_gets_a_clean_connection(pg_db, start_worker, variant, line, r
     slow = by_case['soft time limit in a query']
     assert slow['failed'] == REPEATS, slow['pairs']
     for _, after in slow['pairs']:
-        assert 'connection already closed' in after.error, after
+        assert interrupted_query_error() in after.error, after
+    # With psycopg 3 those failures are the only dirty ones: nothing else saw a dirty connection.
+    assert set(dirty) <= set(after for _, after in slow['pairs']), dirty
     for case in ('exception inside atomic()', 'non-database exception'):
         facts = by_case[case]
         assert facts['failed'] == 0 and facts['reused'] == REPEATS, (case, facts['pairs'])
