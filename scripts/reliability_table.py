@@ -36,6 +36,8 @@ The facts a cell shows (each record may have any of them):
 ``not_set_up``         tasks that ran on a session Django did not open (the driver reconnected
                        by itself: no ``init_connection_state``, so not the isolation level
                        Django sets; on Django 1.11, sessions seen beyond those Django opened)
+``pool_errors``        ``PoolTimeout`` / ``pool is closed`` seen in task errors or the log
+``parent_ended``       a child ended the session its parent held at fork
 ``worker_restarted``   the worker's processes changed
 ``hung``               SIGTERM did not stop the worker (``hung``)
 ``sessions``           sessions opened, as the server counted them (``N sessions``), or
@@ -74,6 +76,7 @@ SCENARIOS = [
     ('testing_worker', '12. Testing worker (start_worker) inside a Django TestCase'),
     ('pymysql_reconnect', '9. Killed while idle, reconnected by Django'),
     ('caught_interrupt', '10. Soft time limit caught by the task'),
+    ('django_pool', '9. Django connection pool (5.1+)'),
 ]
 
 #: Stock release lines shown by default: ``4.1`` means every 4.1.x, ``4.4.0`` only 4.4.0.
@@ -101,6 +104,8 @@ ISSUES = [
     ('reused_interrupted', '{0} reused after an interruption'),
     ('stale', '{0} stale reads'),
     ('not_set_up', '{0} on sessions Django did not set up'),
+    ('pool_errors', '{0} pool errors'),
+    ('parent_ended', "parent's session ended"),
 ]
 
 

@@ -252,10 +252,12 @@ def _error_text(value):
 
 #: Seconds :meth:`Worker.stop` waits for the tasks in flight to finish before SIGTERM.
 IDLE_SETTLE = 3.0
-#: Celery's log lines (4.0-4.4) for a task received, and for one that ended, however it did
-#: ("succeeded in", "raised unexpected", "retry", "ignored"...).
-_RECEIVED = re.compile(r'Received task: [\w.]+\[([0-9a-f-]{36})\]')
-_FINISHED = re.compile(r'\bTask [\w.]+\[([0-9a-f-]{36})\] \w')
+#: Celery's log lines for a task received (4.x "Received task: NAME[ID]", 5.x "Task NAME[ID]
+#: received"), and for one that ended, however it did ("succeeded in", "raised unexpected",
+#: "retry", "ignored"...).
+_RECEIVED = re.compile(r'Received task: [\w.]+\[([0-9a-f-]{36})\]|'
+                       r'\bTask [\w.]+\[([0-9a-f-]{36})\] received\b')
+_FINISHED = re.compile(r'\bTask [\w.]+\[([0-9a-f-]{36})\] (?!received\b)\w')
 
 
 #: Seconds a provisional result (see :func:`_provisional`) waits for the task's own.
@@ -474,7 +476,7 @@ class Worker(object):
         for line in self.log().splitlines():
             match = _RECEIVED.search(line)
             if match:
-                received.add(match.group(1))
+                received.add(match.group(1) or match.group(2))
                 continue
             match = _FINISHED.search(line)
             if match:

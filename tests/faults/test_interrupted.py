@@ -14,7 +14,8 @@ takes a task is never left to chance. After each of them:
 - stock, where the line closes every connection at every task (4.0-4.1, 4.4.0-4.4.3): the same;
 - stock, where the line reuses (4.2-4.3, 4.4.4-4.4.7): the connection of a failed task is
   handed to the next task, and after a soft time limit in a query the next task fails
-  (``InterfaceError: connection already closed``). Django itself drops a connection left with
+  (psycopg2: ``InterfaceError: connection already closed``; psycopg 3: ``another command is
+  already in progress``). Django itself drops a connection left with
   autocommit off, so that case is clean on every line.
 
 A stock process that stops answering (a task that never comes back) is the stock worker's
@@ -45,6 +46,20 @@ REPEATS = 2
 DIRTY = ('current transaction is aborted', 'another command is already in progress')
 #: Seconds one task may take (a loaded machine included) before its process counts as stuck.
 TASK_TIMEOUT = 30
+
+
+def interrupted_query_error():
+    """What the next task's query says on a connection a soft time limit interrupted in the
+    middle of a query: psycopg2 (through ``slow_query``'s wait callback) closes the connection;
+    psycopg 3, which Django 4.2+ uses when it is installed, leaves the query running."""
+    from celery_django_fixup import versions
+    if versions.django_version() >= (4, 2):
+        try:
+            import psycopg  # noqa: F401
+            return 'another command is already in progress'
+        except ImportError:
+            pass
+    return 'connection already closed'
 
 
 def one(worker, task, kwargs=None):
@@ -143,8 +158,10 @@ def test_next_task_gets_a_clean_connection(pg_db, start_worker, variant, line, r
     for case, unsafe, _ in pairs:
         assert ended_as_meant(unsafe, endings[case]), (case, unsafe, context)
         assert unsafe.backend is not None, (case, unsafe, context)
-    assert not dirty, context
     done = [(case, unsafe, after) for case, unsafe, after in pairs if after.state != TIMEOUT]
+    # With psycopg 3, stock's failures after an interrupted query are the only dirty ones.
+    slow_after = [after for case, _, after in done if case == 'soft time limit in a query']
+    assert set(dirty) <= (set() if strict else set(slow_after)), context
     if strict:
         for case, unsafe, after in done:
             assert after.ok, (case, unsafe, after, context)
@@ -160,7 +177,7 @@ def test_next_task_gets_a_clean_connection(pg_db, start_worker, variant, line, r
     # back.
     for case, unsafe, after in done:
         if case == 'soft time limit in a query':
-            assert not after.ok and 'connection already closed' in after.error, \
+            assert not after.ok and interrupted_query_error() in after.error, \
                 (case, after, context)
         elif case == 'autocommit left off':
             assert after.ok and after.backend != unsafe.backend, (case, after, context)

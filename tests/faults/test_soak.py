@@ -54,6 +54,9 @@ def test_soak_with_backend_kills(pg_db, start_worker, variant, line, record):
             kept = pg_db.wait_for_backends(CONCURRENCY if keeps else 0)
             if kept and pg_db.terminate(kept):
                 kills += 1
+                # pg_terminate_backend only signals the sessions: the batch that follows must
+                # find them ended, not ending (as in test_killed).
+                assert pg_db.wait_for_no_backends(), pg_db.backends()
     seconds = time.time() - started
     rss_end = worker.rss_kb()
     stopped = worker.stop(timeout=10)

@@ -88,6 +88,21 @@ def test_tasks_in_flight_are_read_from_the_log(tmpdir):
     assert worker.in_flight() == set()
 
 
+#: Celery 5 logs a task received as "Task NAME[ID] received".
+RECEIVED_5 = ('[2026-01-01 10:00:00,000: INFO/MainProcess] Task cdf_demo.touch[{0}] '
+              'received\n')
+
+
+def test_tasks_in_flight_are_read_from_a_celery_5_log(tmpdir):
+    worker = make_worker(tmpdir, ''.join(RECEIVED_5.format(task_id) for task_id in IDS) +
+                         DONE.format(IDS[0], "succeeded in 0.01s: {'pid': 1}") +
+                         DONE.format(IDS[1], 'raised unexpected: DemoTaskError()'))
+    assert worker.in_flight() == set(IDS[2:])
+    tmpdir.join('worker.log').write(DONE.format(IDS[2], 'succeeded in 0.01s: None') +
+                                    DONE.format(IDS[3], 'retry: Retry in 1s'), mode='a')
+    assert worker.in_flight() == set()
+
+
 class Process(object):
     """A worker's main process that exits on SIGTERM (``exits=True``) or never does."""
 

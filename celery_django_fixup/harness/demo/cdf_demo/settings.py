@@ -58,6 +58,9 @@ if any(entry['ENGINE'].endswith('mysql') for entry in DATABASES.values()):
     except ImportError:
         import pymysql
         pymysql.install_as_MySQLdb()
+        # PyMySQL stands in for mysqlclient under the version of mysqlclient it mimics (1.4.6
+        # in PyMySQL 1.x); Django 5.1+ asks for mysqlclient 2.2.1 or later.
+        pymysql.version_info = max(tuple(pymysql.version_info), (2, 2, 1, 'final', 0))
 
 SECRET_KEY = 'cdf-demo-only-not-a-secret'
 # DEBUG would keep every query in memory: a long run would measure that, not the worker.

@@ -101,17 +101,24 @@ def autocommit_off(alias='default'):
     return _report(alias, backend_id(connections[alias]))
 
 
+def _is_psycopg2(dbapi):
+    return type(dbapi).__module__.split('.')[0] == 'psycopg2'
+
+
 @app.task(name='cdf_demo.slow_query', soft_time_limit=1)
 def slow_query(seconds=3, alias='default', interruptible=True):
     """A query that outlives the soft time limit (1 s unless the caller sets another).
 
     With ``interruptible`` (PostgreSQL), psycopg2 waits through a Python callback, so the
     limit's exception is raised in the middle of the query, as it is under gevent or eventlet;
-    otherwise the driver blocks in C and the exception comes once the query is over.
+    otherwise the driver blocks in C and the exception comes once the query is over. psycopg 3
+    (Django 4.2+ uses it when it is installed) checks for signals while it waits, so its queries
+    are interrupted either way: the connection is then left with the query running
+    (``another command is already in progress``).
     """
     conn = connections[alias]
     backend = backend_id(conn)
-    green = interruptible and conn.vendor == 'postgresql'
+    green = interruptible and conn.vendor == 'postgresql' and _is_psycopg2(conn.connection)
     if green:
         import psycopg2.extensions
         import psycopg2.extras

@@ -10,6 +10,8 @@ closes the other aliases all the same.
 """
 from __future__ import absolute_import
 
+import contextlib
+
 from django.db.utils import OperationalError
 
 #: What the raised error says (no "closed", no "not connected": Celery would ignore those).
@@ -21,9 +23,24 @@ def wrapper_class(base):
 
     class DatabaseWrapper(base):
 
+        #: Depth of temporary_connection() blocks (Django nests them while connecting).
+        _cdf_quiet_close = 0
+
         def _close(self):
             # The session really ends: only the error is made up.
             super(DatabaseWrapper, self)._close()
-            raise OperationalError(MESSAGE)
+            if not self._cdf_quiet_close:
+                raise OperationalError(MESSAGE)
+
+        @contextlib.contextmanager
+        def temporary_connection(self):
+            # Django's own short-lived connections (Django 6.1's MySQL backend opens one at
+            # start to read the server's version) close quietly: only the worker's closes raise.
+            self._cdf_quiet_close += 1
+            try:
+                with super(DatabaseWrapper, self).temporary_connection() as cursor:
+                    yield cursor
+            finally:
+                self._cdf_quiet_close -= 1
 
     return DatabaseWrapper
