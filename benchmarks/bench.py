@@ -3,19 +3,33 @@
 
 ::
 
-    python benchmarks/bench.py                      # 3 rounds of 2,000 tasks, plain and TLS
+    python benchmarks/bench.py                      # 3 rounds of 2,000 tasks
     python benchmarks/bench.py --rounds 5 --tasks 1000 --json results.json
+    python benchmarks/bench.py --networks plain,tls,pooled
 
 Each variant is a real ``celery worker -P prefork -c 2`` of the demo project, with Redis as
-broker and result backend, against a throwaway PostgreSQL server over TCP on 127.0.0.1 (one
-plain, one that only accepts TLS, ``sslmode=require``), ``CONN_MAX_AGE=600``:
+broker and result backend, against a throwaway PostgreSQL server over TCP on 127.0.0.1, one
+per network (``--networks``; by default ``plain,pooled`` where Django has connection pools
+and psycopg-pool is installed, ``plain,tls`` elsewhere):
+
+- ``plain``: ``CONN_MAX_AGE=600``;
+- ``tls``: a server that only accepts TLS (``sslmode=require``), ``CONN_MAX_AGE=600``;
+- ``pooled``: a plain server, and Django's connection pool (Django 5.1+, psycopg 3 and
+  psycopg-pool): ``OPTIONS['pool']`` = ``--pool-options`` (one connection per process by
+  default) and ``CONN_MAX_AGE=0``, as Django requires. Reuse then means handing the
+  connection back to the pool at the end of a task.
+
+The variants:
 
 - ``stock``: Celery's own fix-up. On the lines that close every connection before and after
-  every task (4.0-4.1, 4.4.0-4.4.3) that is one new PostgreSQL session per task, whatever
-  ``CONN_MAX_AGE`` says: run this on one of them (the ``bench`` tox env uses 4.4.0);
+  every task (4.0-4.1, 4.4.0-4.4.3, 5.6-5.7) that is one new PostgreSQL session per task,
+  whatever ``CONN_MAX_AGE`` says: run this on one of them (the ``bench`` tox env uses 4.4.0,
+  ``bench57`` 5.7.0). With a pool, 5.6-5.7 also close the pool at every task in a prefork
+  child (celery#10554): again one new session per task;
 - ``patched``: ``celery_django_fixup`` (``Celery(fixups=['celery_django_fixup:fixup'])``);
 - ``unsafe``: plain ``close_if_unusable_or_obsolete()`` reuse with no safety rule and no
-  check before reuse, the upper bound of what reuse can give.
+  check before reuse, the upper bound of what reuse can give (with a pool: the connection
+  goes back to the pool, which is never closed).
 
 Each variant has its own worker and its own database (so that the server counts its sessions
 apart), all started at the beginning and stopped at the end. The workers take turns: a round
@@ -35,7 +49,8 @@ in-process, with 1 and 3 database aliases.
 
 Needs Redis (``--broker``, default ``redis://127.0.0.1:6379/15``), the PostgreSQL server
 binaries (``initdb``, ``postgres``; when run as root the servers run as the ``postgres``
-account), ``openssl``, psycopg2, and PostgreSQL 14 or later for the session counter. The
+account), ``openssl``, psycopg2 (the counters' driver; Django uses psycopg 3 when it is
+installed too), and PostgreSQL 14 or later for the session counter. The
 default run takes about 3 minutes on 2 idle cores (5 when the machine is busy);
 ``--tasks`` and ``--rounds`` scale it, and every burst has a deadline.
 Exit status: 0 when the run completed (see the PASS/MISS lines; ``--check`` turns a MISS into
@@ -551,7 +566,7 @@ def summarize(contenders, concurrency):
         table.setdefault(contender.network, {})[contender.name] = {
             'sessions': contender.sessions, 'tasks': contender.tasks_done,
             'median': round(median(rates), 1), 'min': min(rates), 'max': max(rates),
-            'rounds': rounds,
+            'rounds': rounds, 'bursts': contender.bursts,
             # Where the time goes, per task: wall time of one pool child, CPU time of the
             # worker's processes and of the database server.
             'child_ms': round(concurrency * 1000.0 / median(rates), 2),
@@ -799,13 +814,21 @@ def bench(args):
                  for index in range(args.bursts)]
         timeout = max(60.0, max(sizes) / 10.0)
         turn = 0
+        previous = None
         for number in range(1, args.rounds + 1):
             for size in sizes:
-                # Each turn starts with the next contender, so none is always first.
+                # Each turn starts with the next contender, so none is always first, and
+                # every other turn goes the other way round, so none always runs right after
+                # the same one (after stock's burst the server is still reaping its backends).
                 shift = turn % len(contenders)
+                order = contenders[shift:] + contenders[:shift]
+                if turn % 2:
+                    order.reverse()
                 turn += 1
-                for contender in contenders[shift:] + contenders[:shift]:
+                for contender in order:
                     contender.burst(size, timeout, number)
+                    contender.bursts[-1]['after'] = previous
+                    previous = contender.label
             log('round {0}: '.format(number) + ', '.join(
                 '{0} {1:.0f}/s'.format(c.label, c.rounds()[-1]['per_second'])
                 for c in contenders))
