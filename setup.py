@@ -20,14 +20,16 @@ def version():
 
 
 class BuildWithPatches(build_py):
-    """Ship the top-level patches/ inside the package, for ``celery-django-fixup diff``."""
+    """Ship the top-level patches/upstream-backports/ inside the package (the record of
+    Celery 4.4.4's own fix-up that ``celery_django_fixup.upstream_patches`` reads)."""
 
     def run(self):
         build_py.run(self)
-        source = os.path.join(HERE, 'patches')
+        source = os.path.join(HERE, 'patches', 'upstream-backports')
         if not os.path.isdir(source):
             return
-        target = os.path.join(self.build_lib, 'celery_django_fixup', 'patches')
+        target = os.path.join(self.build_lib, 'celery_django_fixup', 'patches',
+                              'upstream-backports')
         self.mkpath(target)
         for name in sorted(os.listdir(source)):
             if name.endswith('.diff'):

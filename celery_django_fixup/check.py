@@ -6,6 +6,7 @@ import platform
 import sys
 
 from . import patch, versions
+from .processes import FORK_HOOKS
 from .settings import WorkerSettings
 
 __all__ = ('CheckError', 'inspect_project', 'format_report')
@@ -130,6 +131,8 @@ def _alias_plan(conn, green, active, reuse_max):
         return GREEN
     if reuse_max:
         return 'kept for {0} tasks, then closed'.format(reuse_max)
+    if (conn.settings_dict.get('OPTIONS') or {}).get('pool'):
+        return 'kept in its Django connection pool (returned to it after every task)'
     if max_age == 0:
         return 'closed after every task (CONN_MAX_AGE=0; set it to reuse connections)'
     if max_age is None:
@@ -193,6 +196,8 @@ def inspect_project(app_name, pool=None, concurrency=None):
         'pool': pool if isinstance(pool, str) else getattr(pool, '__name__', str(pool)),
         'concurrency': concurrency,
         'health_checks': worker_settings.health_checks,
+        # Python 3.7+: every fork of a worker process drops what it inherited.
+        'fork_hooks': FORK_HOOKS,
         'db_reuse_max': worker_settings.db_reuse_max,
         'aliases': aliases,
         'connections_held': held,
@@ -211,6 +216,14 @@ def format_report(facts):
                                                 facts['patch_reason']))
     out.append('Pool: {pool}, concurrency {concurrency}; health checks {0}'.format(
         'on' if facts['health_checks'] else 'off', **facts))
+    if facts['patch_active']:
+        out.append('Outside tasks: {0}; every process closes its connections when it exits'
+                   .format('checked before every use' if facts['health_checks'] else
+                           'not checked (CELERY_DB_HEALTH_CHECKS = False)'))
+        out.append('Forks: {0}'.format(
+            'every forked process drops what it inherited, with no IO' if facts['fork_hooks']
+            else 'pool processes and embedded beat drop what they inherited; a process a task '
+                 'forks does not (Python < 3.7 has no fork hook)'))
     for alias in facts['aliases']:
         limit = alias['max_connections']
         out.append('  {alias} ({vendor}, CONN_MAX_AGE={conn_max_age!r}): {plan}; server '

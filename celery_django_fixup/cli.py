@@ -6,7 +6,6 @@ from __future__ import absolute_import, print_function
 
 import argparse
 import json
-import os
 import signal
 import sys
 
@@ -55,64 +54,21 @@ def cmd_check(args):
     return 0 if facts['patch_active'] else 1
 
 
-def diff_report(version=None):
-    """What this fork changes against the installed (or given) Celery, as a dict."""
-    from . import upstream_patches
-    from .versions import celery_version
-    from .worker import OVERRIDES
-    version = tuple(version or celery_version())
-    try:
-        patch = upstream_patches.patch_for(version)
-    except LookupError as exc:
-        raise UsageError(str(exc))
-    except upstream_patches.PatchError as exc:
-        raise UsageError(str(exc))
-    installed = version == celery_version()
-    report = {
-        'celery': '.'.join(str(part) for part in version),
-        'patch': os.path.basename(patch.path) if patch is not None and patch.path else None,
-        'diff': patch.text if patch is not None else None,
-        'overrides': OVERRIDES,
-    }
-    if installed:
-        path, source = upstream_patches.installed_source()
-        report['installed_file'] = path
-        if patch is None:
-            report['applies'] = None
-            report['carries_upstream_changes'] = upstream_patches.carries_upstream_changes(source)
-        else:
-            report['applies'] = patch.applies_to(source)
-    return report
-
-
 def cmd_diff(args):
-    version = None
-    if args.celery:
-        try:
-            version = tuple(int(part) for part in args.celery.split('.')[:3])
-        except ValueError:
-            raise UsageError('--celery takes a release such as 4.3.0, not {0!r}'.format(
-                args.celery))
-    report = diff_report(version)
+    if args.celery is not None:
+        raise UsageError(
+            '--celery is no longer taken: the diff is read from the Celery installed with '
+            'this package, so run it where Celery {0} is installed'.format(args.celery))
+    from .showdiff import DiffError, format_report, report
+    try:
+        data = report()
+    except DiffError as exc:
+        raise UsageError(str(exc))
     if args.json:
-        _print_json(report)
-        return 0 if report.get('applies') is not False else 1
-    if report['diff'] is None:
-        print('# Celery {0} already carries celery#4292 and celery#6134: no patch.'.format(
-            report['celery']))
+        _print_json(data)
     else:
-        print(report['diff'].rstrip('\n'))
-    if 'applies' in report:
-        if report['applies'] is None:
-            state = 'needs none' if report['carries_upstream_changes'] else \
-                'needs none, but the installed file does not carry the changes (modified?)'
-        else:
-            state = 'applies cleanly' if report['applies'] else 'DOES NOT APPLY (modified?)'
-        print('\n# Installed {0}: {1}'.format(report['installed_file'], state))
-    print('\n# Methods the patched DjangoWorkerFixup overrides, and why:')
-    for name in sorted(report['overrides']):
-        print('#   {0}: {1}'.format(name, report['overrides'][name]))
-    return 0 if report.get('applies') is not False else 1
+        print('\n'.join(format_report(data)))
+    return 0
 
 
 def cmd_verify(args):
@@ -165,9 +121,14 @@ def build_parser():
     check.set_defaults(func=cmd_check)
 
     diff = sub.add_parser(
-        'diff', help='what this fork changes against the installed Celery (unified diff)')
-    diff.add_argument('--celery', metavar='VERSION',
-                      help='show the patch for this Celery release instead of the installed one')
+        'diff', help="what the patched fix-up changes in the installed Celery's, method by "
+                     'method, and why',
+        description="Every method the patched DjangoWorkerFixup overrides or adds, with its "
+                    "reason, a unified diff of the installed Celery's source against the code "
+                    'that runs instead, and the source of the celery-django-fixup helpers it '
+                    'calls.')
+    # Taken only to say why it is not: the upstream side is the installed Celery's own source.
+    diff.add_argument('--celery', metavar='VERSION', help=argparse.SUPPRESS)
     diff.add_argument('--json', action='store_true', help='print JSON')
     diff.set_defaults(func=cmd_diff)
 

@@ -11,7 +11,7 @@ from celery.utils.log import get_logger
 
 from . import versions
 
-__all__ = ('for_each', 'discard', 'reset', 'drop_inherited', 'drop_inherited_pool',
+__all__ = ('for_each', 'discard', 'reset', 'drop_inherited', 'drop_inherited_pool', 'close_quietly',
            'close_pool', 'socket_fd', 'socket_is_quiet', 'is_usable', 'check',
            'LazyHealthCheck')
 
@@ -21,6 +21,11 @@ logger = get_logger(__name__)
 #: referenced for the life of the process: a driver closes its socket when the object is
 #: freed, and that socket's number may belong to another file by then.
 _orphans = []
+
+
+def orphan(dbapi):
+    """Keep ``dbapi`` referenced, never closed, for the life of the process."""
+    _orphans.append(dbapi)
 
 
 def for_each(connections, action, what):
@@ -90,16 +95,22 @@ def drop_inherited(conn, owns_socket=True):
     driver does not expose its socket, the DB-API connection is never closed nor freed.
     """
     dbapi = conn.connection
-    if dbapi is not None:
-        fd = socket_fd(dbapi) if owns_socket else None
-        if fd is not None and _point_at_devnull(fd):
-            try:
-                dbapi.close()
-            except Exception as exc:  # noqa: B902 -- nothing it says can matter now
-                logger.debug('celery-django-fixup: closing inherited %r: %r', conn.alias, exc)
-        else:
-            _orphans.append(dbapi)
+    if dbapi is not None and not (owns_socket and close_quietly(dbapi)):
+        _orphans.append(dbapi)
     reset(conn)
+
+
+def close_quietly(dbapi):
+    """Close a DB-API connection whose socket this process has a copy of, sending nothing to
+    the server; False (and nothing done) if its socket cannot be found."""
+    fd = socket_fd(dbapi)
+    if fd is None or not _point_at_devnull(fd):
+        return False
+    try:
+        dbapi.close()
+    except Exception as exc:  # noqa: B902 -- nothing it says can matter now
+        logger.debug('celery-django-fixup: closing an inherited connection: %r', exc)
+    return True
 
 
 def drop_inherited_pool(conn, owns_sockets=True):
@@ -116,12 +127,7 @@ def drop_inherited_pool(conn, owns_sockets=True):
         return
     # psycopg_pool keeps its idle connections in ``_pool``; it has no public way to list them.
     for dbapi in list(getattr(pool, '_pool', None) or ()):
-        fd = socket_fd(dbapi)
-        if fd is not None and _point_at_devnull(fd):
-            try:
-                dbapi.close()
-            except Exception:  # noqa: B902 -- nothing it says can matter now
-                pass
+        close_quietly(dbapi)
 
 
 def _point_at_devnull(fd):

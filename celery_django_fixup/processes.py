@@ -17,7 +17,7 @@ import weakref
 from celery.utils.log import get_logger
 
 from . import versions
-from .connections import close_pool, reset
+from .connections import close_pool, close_quietly, orphan, reset
 
 __all__ = ('record', 'inherited', 'on_fork_in_child', 'close_all', 'close_at_beat_exit',
            'FORK_HOOKS')
@@ -57,12 +57,33 @@ def inherited(conn):
 
 
 def on_fork_in_child(callback):
-    """Run ``callback()`` in the child after every fork, from now on (once per callback)."""
+    """Run ``callback()`` in the child after every fork, from now on (once per callback).
+
+    Connections that other threads of the forking process hold are closed in the child with
+    no IO too: the interpreter frees those threads' state in the child, and a driver freeing a
+    connection says goodbye to the server on the socket the parent still uses. They are held
+    from just before the fork, so that the child can close them quietly first.
+    """
     if callback in _fork_callbacks:
         return
     _fork_callbacks.append(callback)
     if FORK_HOOKS and len(_fork_callbacks) == 1:
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                            after_in_child=_after_fork_in_child)
+
+
+#: The DB-API connections of this process, held across a fork (see :func:`on_fork_in_child`).
+_held_at_fork = []
+
+
+def _before_fork():
+    pid = os.getpid()
+    _held_at_fork[:] = [conn.connection for conn in list(_opened)
+                        if conn.connection is not None and vars(conn).get(OWNER) == pid]
+
+
+def _after_fork_in_parent():
+    del _held_at_fork[:]
 
 
 def _after_fork_in_child():
@@ -71,6 +92,10 @@ def _after_fork_in_child():
             callback()
         except Exception as exc:  # noqa: B902 -- a fork must never fail because of us
             logger.warning('celery-django-fixup: after fork: %r', exc, exc_info=True)
+    held, _held_at_fork[:] = list(_held_at_fork), []
+    for dbapi in held:
+        if not close_quietly(dbapi):
+            orphan(dbapi)
 
 
 def close_all():

@@ -1,11 +1,17 @@
-"""The upstream Celery changes this project carries: unified diffs of celery/fixups/django.py.
+"""Upstream backports: Celery 4.4.4's own Django fix-up as unified diffs of celery/fixups/django.py.
 
-Celery 4.4.4 fixed its Django fix-up with two changes: celery#4292 (a task boundary calls
+Celery 4.4.4 changed its Django fix-up with two changes: celery#4292 (a task boundary calls
 ``close_if_unusable_or_obsolete()`` instead of ``close()``, so ``CONN_MAX_AGE`` is honoured) and
 celery#6134 (a prefork child force-closes the connections it inherited). Older releases get
-them from one diff per distinct base, shipped inside the package as ``patches/*.diff`` (and in
-the top-level ``patches/`` of a source checkout). Each diff names the releases it is for in an
-``Applies-To:`` header line, so this module needs no table of its own.
+them from one diff per distinct base, shipped inside the package as
+``patches/upstream-backports/*.diff`` (the same folder in a source checkout). Each diff names
+the releases it is for in an ``Applies-To:`` header line, so this module needs no table of its
+own.
+
+These diffs are a record of upstream's fix, NOT what celery-django-fixup does: Celery 4.4.4
+itself still mishandles connections in ways this package fixes. The package's own change is
+its patched class, shown method by method by :mod:`celery_django_fixup.showdiff`
+(``celery-django-fixup diff``).
 
 The diffs are applied and checked here in pure Python, the way ``patch -p1`` without fuzz
 does it: each hunk's context and removed lines must match the file exactly, at the stated
@@ -240,10 +246,14 @@ def _read(path):
         return fh.read()
 
 
+#: Where the diffs are, under the installed package or the root of a source checkout.
+SUBDIR = os.path.join('patches', 'upstream-backports')
+
+
 def patch_dirs():
     """Directories that may hold the diffs: inside the installed package, then a checkout's."""
     here = os.path.dirname(os.path.abspath(__file__))
-    return [os.path.join(here, 'patches'), os.path.join(os.path.dirname(here), 'patches')]
+    return [os.path.join(here, SUBDIR), os.path.join(os.path.dirname(here), SUBDIR)]
 
 
 def patches(directory=None):
@@ -259,8 +269,9 @@ def patches(directory=None):
                               os.path.join(candidate, name)) for name in names]
     if directory:
         raise PatchError('no .diff files in {0}'.format(directory))
-    raise PatchError('celery-django-fixup was installed without its patches/*.diff files; '
-                     'reinstall it from a wheel or an sdist')
+    raise PatchError('celery-django-fixup was installed without its '
+                     'patches/upstream-backports/*.diff files; reinstall it from a wheel or an '
+                     'sdist')
 
 
 def _version(version):
@@ -274,7 +285,8 @@ def _version(version):
 
 def patch_for(version=None, directory=None):
     """The :class:`Patch` (``.path``, ``.text``) for this Celery release, the installed one by
-    default, or None when the release already carries both changes (4.4.4 to 4.4.7).
+    default, or None when the release carries both changes (4.4.4 to 5.5.3) or has reverted to
+    closing every connection (5.6 on): no backport applies.
 
     Raises :class:`LookupError` for a release outside the supported range, which this project
     ships no patch for.

@@ -299,24 +299,24 @@ class DjangoWorkerFixup(upstream_class()):
 OVERRIDES = {
     '__init__': 'validates the settings; sets up the health check, the soft time limit watch '
                 'and per-thread state',
-    'on_worker_init': 'added: keeps the worker, whose pool decides what a task may keep',
+    'on_worker_init': 'keeps the worker, whose pool decides what a task may keep',
     'install': 'forced close in the main process before it forks, except inside an atomic '
                'block; also handles late failures, exits, forks and new connections',
-    'uninstall': 'added: disconnects what install connected',
+    'uninstall': 'disconnects what install connected',
     'on_worker_process_init': 'drops inherited connections with no IO at all (4.2-4.3 kept '
                               'them; a PyMySQL close() ended the parent\'s session)',
-    'on_beat_embedded_init': 'added: beat has closed the inherited fds already; forgets '
+    'on_beat_embedded_init': 'beat has closed the inherited fds already; forgets '
                              'inherited connections without touching any fd, checks its own',
-    'on_fork_in_child': 'added: every fork drops the inherited connections with no IO',
-    'on_connection_created': 'added: records which process opened a connection; outside '
+    'on_fork_in_child': 'every fork drops the inherited connections with no IO',
+    'on_connection_created': 'records which process opened a connection; outside '
                              'tasks it is checked before every use',
-    'on_worker_process_shutdown': 'added: a pool process closes its connections before '
+    'on_worker_process_shutdown': 'a pool process closes its connections before '
                                   'billiard\'s os._exit',
-    'on_worker_shutdown': 'added: the main process closes its connections at shutdown',
+    'on_worker_shutdown': 'the main process closes its connections at shutdown',
     'on_task_prerun': 'arms the health check of connections kept from the previous task',
     'on_task_postrun': 'forced close after a task that did not succeed, raised past its '
                        'postrun, was interrupted by its soft time limit, or in greenlet pools',
-    'on_task_failure': 'added: forced close when a task fails after its postrun',
+    'on_task_failure': 'forced close when a task fails after its postrun',
     'close_database': 'the CELERY_DB_REUSE_MAX close is forced and counted per thread; '
                       'unsafe connections still closed',
     '_close_database': 'drops connections left in a transaction, never skips an alias on error',

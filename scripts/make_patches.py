@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Regenerate patches/*.diff: the upstream Celery changes this project carries.
+"""Regenerate patches/upstream-backports/*.diff: Celery 4.4.4's own fix-up, backported.
 
 Each diff turns a release's ``celery/fixups/django.py`` into what Celery 4.4.4 ships: celery#4292
 (``close_if_unusable_or_obsolete()`` at task boundaries) and celery#6134 (a forced close in the
-prefork child after fork). The diffs are made by a fixed source transformation of the published
-files, never by hand, and the transformation stops with an error if the text it rewrites is
-not exactly what it expects.
+prefork child after fork). They are a record of upstream's fix, not what celery-django-fixup
+does: its patched class is shown by ``celery-django-fixup diff``. The diffs are made by a fixed
+source transformation of the published files, never by hand, and the transformation stops with
+an error if the text it rewrites is not exactly what it expects.
 
 Usage (run from the repository root; Python 2.7 or 3.6+)::
 
@@ -154,7 +155,8 @@ def transform(source, release):
 def header(name, releases, source):
     """The text before the diff: what it is for, where the changes come from, the licence."""
     lines = [
-        'celery-django-fixup: upstream Celery changes carried for {0}'.format(TARGET),
+        'Upstream backport for {0}: Celery 4.4.4\'s own fix-up, which is NOT what '
+        'celery-django-fixup does'.format(TARGET),
         'Applies-To: celery {0}'.format(', '.join(releases)),
     ]
     if 'conn.close_if_unusable_or_obsolete()' in source:
@@ -168,7 +170,10 @@ def header(name, releases, source):
         'fork',
         'Result: _close_database() and on_worker_process_init() exactly as in Celery 4.4.4, '
         'which needs no patch',
-        'README: check, then apply, from the site-packages directory that holds celery/:',
+        'Record only: Celery 4.4.4 still loses connections in the ways the celery-django-fixup '
+        'README lists;',
+        '  "celery-django-fixup diff" shows the package\'s own change, method by method.',
+        'To apply it anyway, from the site-packages directory that holds celery/:',
         '  patch -p1 --dry-run < {0} && patch -p1 < {0}'.format(name),
     ]
     lines += list(LICENSE_LINES)
@@ -266,8 +271,9 @@ def main(argv=None):
                        help='only the diff for the Celery installed in this interpreter')
     parser.add_argument('--out', metavar='DIR',
                         default=os.path.join(os.path.dirname(os.path.dirname(
-                            os.path.abspath(__file__))), 'patches'),
-                        help='where the .diff files go (default: the repository\'s patches/)')
+                            os.path.abspath(__file__))), 'patches', 'upstream-backports'),
+                        help='where the .diff files go (default: the repository\'s '
+                             'patches/upstream-backports/)')
     parser.add_argument('--check', action='store_true',
                         help='compare with the files in --out instead of writing them')
     args = parser.parse_args(argv)

@@ -1,9 +1,15 @@
-"""The shipped upstream diffs: lookup, pure-Python application, and regeneration.
+"""What ``celery-django-fixup diff`` shows, and the shipped upstream backports.
 
-Every test runs in every supported environment (no skips): where the installed Celery needs a
-diff, that diff is applied to the installed ``celery/fixups/django.py``; on 4.4.4 and later the
-installed file must already hold both changes, and the 4.4.0 diff, reversed, must turn it back
-into a file that diff applies to.
+The first part checks :mod:`celery_django_fixup.showdiff`: every method of the patched class is
+shown, with a reason from ``OVERRIDES`` that matches the class. The rest checks the backports of
+celery#4292 and celery#6134 in ``patches/upstream-backports/`` (a record of Celery 4.4.4's own
+fix-up, not this package's change): lookup, pure-Python application, and regeneration.
+
+Every test runs in every Celery 4 environment: where the installed Celery needs a diff, that
+diff is applied to the installed ``celery/fixups/django.py``; on 4.4.4 to 4.4.7 the installed
+file must already hold both changes, and the 4.4.0 diff, reversed, must turn it back into a file
+that diff applies to. On Celery 5 the tests that apply a diff to the installed file are skipped
+(the backports are for Celery 4 files); the ``diff`` tests run everywhere.
 """
 from __future__ import absolute_import
 
@@ -18,11 +24,13 @@ import types
 
 import pytest
 
+from celery_django_fixup import showdiff
 from celery_django_fixup import upstream_patches as up
-from celery_django_fixup import versions
+from celery_django_fixup import versions, worker
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REPO_PATCHES = os.path.join(REPO, 'patches')
+REPO_PATCHES = os.path.join(REPO, 'patches', 'upstream-backports')
+INSTALLED_TEXT = '.'.join(str(part) for part in versions.celery_version())
 SCRIPT = os.path.join(REPO, 'scripts', 'make_patches.py')
 
 SUPPORTED = [tuple(int(p) for p in v.split('.')) for v in (
@@ -52,12 +60,22 @@ def _reverse(patch):
     return up.Patch('\n'.join(out), patch.path)
 
 
+def _celery_4_only():
+    """The backports are for Celery 4's ``celery/fixups/django.py``; tests that apply them to
+    the installed file have nothing to apply them to on Celery 5 (its file differs
+    throughout)."""
+    if versions.celery_version() >= (5,):
+        pytest.skip('the upstream backports are for Celery 4 files; Celery {0} is '
+                    'installed'.format(INSTALLED_TEXT))
+
+
 def _base():
-    """A diff and a source it must apply to, whatever Celery is installed.
+    """A diff and a source it must apply to, whatever Celery 4 release is installed.
 
     Before 4.4.4 that is the installed diff and file. From 4.4.4 on, the installed file is
     what the 4.4.0 diff produces, so reversing that diff must apply to it and give a base.
     """
+    _celery_4_only()
     installed = up.installed_source()[1]
     patch = up.patch_for()
     if patch is not None:
@@ -138,9 +156,154 @@ def _run(args, timeout=60):
     return proc.returncode, out.read().decode('utf-8')
 
 
+# -- celery-django-fixup diff: the patched class against Celery's ------------------------------
+
+def _class_methods(cls):
+    """Names of the functions, static and class methods and properties ``cls`` defines."""
+    return set(name for name, value in vars(cls).items()
+               if isinstance(value, (types.FunctionType, property, staticmethod, classmethod)))
+
+
+def test_every_method_of_the_patched_class_is_shown():
+    methods = showdiff.changes()
+    defined = _class_methods(worker.DjangoWorkerFixup)
+    assert defined, 'the patched class defines no method?'
+    assert sorted(method.name for method in methods) == sorted(defined)
+    upstream = worker.upstream_class()
+    for method in methods:
+        has_it = any(method.name in vars(klass) for klass in upstream.__mro__
+                     if klass is not object)
+        assert method.status == ('changed' if has_it else 'added'), method
+        assert (method.upstream_source is None) == (method.status == 'added'), method
+        assert method.patched_source.strip() and method.diff, method
+
+
+def test_every_method_has_a_reason_and_every_reason_a_method():
+    """``OVERRIDES`` (name -> reason) matches the patched class: a reason for every method that
+    replaces Celery's and every public function added; any other member added (a private
+    helper, a property) is used by another member; no reason for a method the class inherits
+    or that does not exist."""
+    patched, upstream = worker.DjangoWorkerFixup, worker.upstream_class()
+    reasons = showdiff.reasons_for(patched)
+    methods = showdiff.changes()
+    assert showdiff.problems(methods, reasons) == []
+    members = _class_methods(patched)
+    assert set(reasons) <= members
+    upstream_names = set(name for klass in upstream.__mro__ if klass is not object
+                         for name in vars(klass))
+    needed = set(name for name in members if name in upstream_names or (
+        isinstance(vars(patched)[name], types.FunctionType) and not name.startswith('_')))
+    assert needed <= set(reasons)
+    for name, reason in reasons.items():
+        assert isinstance(reason, str) and reason.strip() and '\n' not in reason.strip(), name
+    for method in methods:
+        if method.name not in reasons:
+            assert method.used_by, method
+            for user in method.used_by:
+                assert 'self.{0}'.format(method.name) in next(
+                    m.patched_source for m in methods if m.name == user), (method, user)
+
+
+class _Mixin(object):
+    def mixed_in(self):
+        return up.patch_for()
+
+
+def _sample_class():
+    """A patched class with a changed method, an added one, a property, a static method and
+    a mixin, checked against the real Celery class."""
+    upstream = worker.upstream_class()
+
+    class Sample(_Mixin, upstream):
+        def install(self):
+            return super(Sample, self).install()
+
+        def added(self):
+            return up.patches(), showdiff.PACKAGE, self.a_property
+
+        @property
+        def a_property(self):
+            return up.Patch
+
+        @staticmethod
+        def a_static():
+            return None
+
+    return Sample, upstream
+
+
+def test_changed_added_and_mixed_in_members_are_found():
+    sample, upstream = _sample_class()
+    methods = dict((m.name, m) for m in showdiff.changes(sample, upstream, reasons={}))
+    assert sorted(methods) == ['a_property', 'a_static', 'added', 'install', 'mixed_in']
+    assert methods['install'].status == 'changed'
+    assert methods['install'].upstream == 'celery.fixups.django.{0}.install'.format(
+        upstream.__name__)
+    assert methods['install'].upstream_source.startswith('def install(self)')
+    assert '-    signals.worker_process_init.connect(self.on_worker_process_init)\n' in \
+        methods['install'].diff
+    assert '+    return super(Sample, self).install()\n' in methods['install'].diff
+    for name in ('added', 'a_property', 'a_static', 'mixed_in'):
+        assert methods[name].status == 'added' and methods[name].upstream_source is None
+        assert methods[name].diff.startswith('--- /dev/null\n+++ ')
+    assert methods['a_property'].patched_source.startswith('@property\n')
+    assert methods['a_static'].patched_source.startswith('@staticmethod\n')
+    # Helpers: this package's functions and classes, by a global name or through a module,
+    # never the class itself (super(Sample, ...)) nor anything outside the package.
+    assert methods['added'].helpers == ['celery_django_fixup.upstream_patches.patches']
+    assert methods['a_property'].helpers == ['celery_django_fixup.upstream_patches.Patch']
+    assert methods['mixed_in'].helpers == ['celery_django_fixup.upstream_patches.patch_for']
+    assert methods['install'].helpers == [] and methods['a_static'].helpers == []
+    helpers = showdiff.helper_sources(['celery_django_fixup.upstream_patches.patch_for'])
+    # ... and the helpers of helpers, each once.
+    calls = helpers['celery_django_fixup.upstream_patches.patch_for']['helpers']
+    assert 'celery_django_fixup.upstream_patches.patches' in calls
+    assert 'celery_django_fixup.upstream_patches.Patch' in helpers
+    assert helpers['celery_django_fixup.upstream_patches.patches']['source'].startswith(
+        'def patches(directory=None):\n')
+
+
+def test_mismatched_reasons_are_reported():
+    sample, upstream = _sample_class()
+    reasons = {
+        'install': 'a reason',
+        'added': '  ',                                  # blank: no reason
+        'on_task_prerun': 'inherited, not overridden',  # Celery's, and Sample does not override it
+        'gone': 'a method neither class has',
+    }
+    methods = showdiff.changes(sample, upstream, reasons)
+    assert sorted(showdiff.problems(methods, reasons, upstream)) == [
+        'OVERRIDES gives a reason for gone, which neither class has',
+        "OVERRIDES gives a reason for on_task_prerun, but the patched class inherits it from "
+        "Celery's (no override)",
+        'a_static is added, and neither OVERRIDES gives a reason nor does another member of '
+        'the class use it',
+        'added is added but OVERRIDES gives no reason',
+        'mixed_in is added but OVERRIDES gives no reason',
+    ]
+    # a_property needs none: it is not public API, and ``added`` uses it.
+    assert [m.used_by for m in methods if m.name == 'a_property'] == [['added']]
+    reasons.update(added='one', a_static='three', mixed_in='four')
+    del reasons['gone'], reasons['on_task_prerun']
+    assert showdiff.problems(methods, reasons, upstream) == []
+
+
+def test_reasons_are_read_from_the_class_then_its_module():
+    patched = worker.DjangoWorkerFixup
+    expected = getattr(patched, 'OVERRIDES', None)
+    if not isinstance(expected, dict):
+        expected = worker.OVERRIDES
+    assert showdiff.reasons_for(patched) == expected
+    sample, _ = _sample_class()
+    assert showdiff.reasons_for(sample) == {}   # neither the class nor this module has any
+    sample.OVERRIDES = {'install': 'on the class'}
+    assert showdiff.reasons_for(sample) == {'install': 'on the class'}
+
+
 # -- the installed Celery -------------------------------------------------------------------
 
 def test_installed_celery_is_patched_to_the_4_4_4_behaviour(monkeypatch):
+    _celery_4_only()
     installed = up.installed_source()[1]
     patch = up.patch_for()
     stock = _behaviour(installed, monkeypatch)
@@ -270,6 +433,11 @@ def test_unsupported_releases_have_no_diff(version):
 def test_headers_name_bases_upstream_and_licence():
     for patch in up.patches():
         head = '\n'.join(patch.header)
+        # A record of upstream's fix, and it says so before anything else.
+        assert patch.header[0] == (
+            "Upstream backport for celery/fixups/django.py: Celery 4.4.4's own fix-up, which "
+            "is NOT what celery-django-fixup does")
+        assert '"celery-django-fixup diff" shows the package\'s own change' in head
         assert patch.name.startswith('celery-{0}'.format('.'.join(map(str, patch.bases[0]))))
         assert any('celery/celery#4292' in u for u in patch.upstream)
         assert any('celery/celery#6134' in u for u in patch.upstream)
@@ -293,6 +461,7 @@ def test_shipped_diffs_are_the_repository_ones():
 # -- regeneration -------------------------------------------------------------------------
 
 def test_repository_diffs_are_what_the_script_generates(tmpdir):
+    _celery_4_only()
     status, output = _run(['--installed', '--out', str(tmpdir)])
     assert status == 0, output
     written = sorted(os.listdir(str(tmpdir)))

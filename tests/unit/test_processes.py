@@ -1,0 +1,84 @@
+"""Which process a connection belongs to, forks and exits, and the spawned pool process."""
+from __future__ import absolute_import
+
+import os
+import threading
+
+from celery_django_fixup import connections, patch, processes
+from celery_django_fixup.worker import DjangoWorkerFixup
+
+try:
+    from unittest import mock
+except ImportError:  # Python 2
+    import mock
+from fakes import FakeConnection
+
+
+def test_connection_opened_here_is_not_inherited():
+    conn = FakeConnection()
+    assert processes.inherited(conn)  # opened before anything recorded it
+    processes.record(conn)
+    assert not processes.inherited(conn)
+    with mock.patch('os.getpid', return_value=os.getpid() + 1):
+        assert processes.inherited(conn)  # as seen from a forked child
+
+
+def test_fork_closes_other_threads_connections_quietly_in_the_child():
+    # The interpreter frees the other threads' state in the child: their connections are held
+    # from before the fork and closed there with no IO.
+    other = FakeConnection('other')
+    dbapi = other.connection
+    recorder = threading.Thread(target=processes.record, args=(other,))
+    recorder.start()
+    recorder.join()
+    processes._before_fork()
+    assert dbapi in processes._held_at_fork
+    with mock.patch('celery_django_fixup.connections._point_at_devnull',
+                    return_value=True) as devnull:
+        processes._after_fork_in_child()
+    devnull.assert_called_once_with(dbapi.fd)
+    assert dbapi.closed and other.calls == []
+    assert processes._held_at_fork == []
+
+
+def test_fork_in_the_parent_holds_nothing_after():
+    conn = FakeConnection()
+    processes.record(conn)
+    processes._before_fork()
+    processes._after_fork_in_parent()
+    assert processes._held_at_fork == []
+    assert not conn.connection.closed
+
+
+def test_connection_of_a_driver_without_a_socket_is_kept_unclosed():
+    conn = FakeConnection()
+    dbapi = conn.connection
+    dbapi.fileno = None
+    processes.record(conn)
+    processes._before_fork()
+    processes._after_fork_in_child()
+    assert not dbapi.closed and dbapi in connections._orphans
+    connections._orphans.remove(dbapi)
+
+
+def test_spawned_pool_process_installs_the_patched_fixup(app):
+    # worker_pool_start_method='spawn' (Celery 5.7): the pool process imports the app afresh
+    # and gets worker_process_init, never worker_init.
+    from celery.fixups import django as upstream
+    django_fixup = mock.Mock(spec=upstream.DjangoFixup, _worker_fixup=None)
+    worker_fixup = mock.Mock(spec=DjangoWorkerFixup)
+    django_fixup.worker_fixup = worker_fixup
+    with mock.patch.object(patch, '_django_fixups', return_value=[django_fixup]), \
+            mock.patch.object(patch._state, '_get_active_apps', return_value=[app]):
+        patch.on_worker_process_init(sender='host')
+    worker_fixup.install.assert_called_once_with()
+    worker_fixup.on_worker_process_init.assert_called_once_with(sender='host')
+
+
+def test_forked_pool_process_keeps_the_fixup_its_parent_installed(app):
+    from celery.fixups import django as upstream
+    django_fixup = mock.Mock(spec=upstream.DjangoFixup, _worker_fixup=object())
+    with mock.patch.object(patch, '_django_fixups', return_value=[django_fixup]), \
+            mock.patch.object(patch._state, '_get_active_apps', return_value=[app]):
+        patch.on_worker_process_init(sender='host')
+    assert django_fixup.mock_calls == []
