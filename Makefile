@@ -25,7 +25,7 @@ empty :=
 space := $(empty) $(empty)
 export PATH := $(subst $(space),:,$(strip $(PYENV_BINS) $(PATH)))
 
-.PHONY: test test-env verify bench reliability clean
+.PHONY: test test-env verify bench bench44 bench57 reliability clean
 
 # The runner: tox and virtualenv pinned in requirements/tox.txt, in a venv made from the first
 # Python >= 3.7 that can create one. Rebuilt when the pins change, reused otherwise.
@@ -57,9 +57,16 @@ test-env: $(BOOTSTRAP)/.installed
 verify: $(BOOTSTRAP)/.installed
 	$(TOX) run -e verify-py36-celery41-django111,verify-py38-celery43-django32 -- $(ARGS)
 
-# The benchmark of benchmarks/README.rst (ARGS go to benchmarks/bench.py).
-bench: $(BOOTSTRAP)/.installed
+# The benchmark of benchmarks/README.rst (ARGS go to benchmarks/bench.py, in each env):
+# Celery 4.4.0 + Django 3.2 (plain, TLS), then Celery 5.7 + Django 5.2 (plain, Django's
+# connection pool). `make bench44` or `make bench57` runs one of them.
+bench: bench44 bench57
+
+bench44: $(BOOTSTRAP)/.installed
 	$(TOX) run -e bench -- $(ARGS)
+
+bench57: $(BOOTSTRAP)/.installed
+	$(TOX) run -e bench57 -- $(ARGS)
 
 # The fault suite on stock 4.1, 4.3, 4.4.0 and 4.4.7 and patched; rewrites README's Reliability table.
 RESULTS ?= .reliability-results

@@ -3,19 +3,33 @@
 
 ::
 
-    python benchmarks/bench.py                      # 3 rounds of 2,000 tasks, plain and TLS
+    python benchmarks/bench.py                      # 3 rounds of 2,000 tasks
     python benchmarks/bench.py --rounds 5 --tasks 1000 --json results.json
+    python benchmarks/bench.py --networks plain,tls,pooled
 
 Each variant is a real ``celery worker -P prefork -c 2`` of the demo project, with Redis as
-broker and result backend, against a throwaway PostgreSQL server over TCP on 127.0.0.1 (one
-plain, one that only accepts TLS, ``sslmode=require``), ``CONN_MAX_AGE=600``:
+broker and result backend, against a throwaway PostgreSQL server over TCP on 127.0.0.1, one
+per network (``--networks``; by default ``plain,pooled`` where Django has connection pools
+and psycopg-pool is installed, ``plain,tls`` elsewhere):
+
+- ``plain``: ``CONN_MAX_AGE=600``;
+- ``tls``: a server that only accepts TLS (``sslmode=require``), ``CONN_MAX_AGE=600``;
+- ``pooled``: a plain server, and Django's connection pool (Django 5.1+, psycopg 3 and
+  psycopg-pool): ``OPTIONS['pool']`` = ``--pool-options`` (one connection per process by
+  default) and ``CONN_MAX_AGE=0``, as Django requires. Reuse then means handing the
+  connection back to the pool at the end of a task.
+
+The variants:
 
 - ``stock``: Celery's own fix-up. On the lines that close every connection before and after
-  every task (4.0-4.1, 4.4.0-4.4.3) that is one new PostgreSQL session per task, whatever
-  ``CONN_MAX_AGE`` says: run this on one of them (the ``bench`` tox env uses 4.4.0);
+  every task (4.0-4.1, 4.4.0-4.4.3, 5.6-5.7) that is one new PostgreSQL session per task,
+  whatever ``CONN_MAX_AGE`` says: run this on one of them (the ``bench`` tox env uses 4.4.0,
+  ``bench57`` 5.7.0). With a pool, 5.6-5.7 also close the pool at every task in a prefork
+  child (celery#10554): again one new session per task;
 - ``patched``: ``celery_django_fixup`` (``Celery(fixups=['celery_django_fixup:fixup'])``);
 - ``unsafe``: plain ``close_if_unusable_or_obsolete()`` reuse with no safety rule and no
-  check before reuse, the upper bound of what reuse can give.
+  check before reuse, the upper bound of what reuse can give (with a pool: the connection
+  goes back to the pool, which is never closed).
 
 Each variant has its own worker and its own database (so that the server counts its sessions
 apart), all started at the beginning and stopped at the end. The workers take turns: a round
@@ -35,7 +49,8 @@ in-process, with 1 and 3 database aliases.
 
 Needs Redis (``--broker``, default ``redis://127.0.0.1:6379/15``), the PostgreSQL server
 binaries (``initdb``, ``postgres``; when run as root the servers run as the ``postgres``
-account), ``openssl``, psycopg2, and PostgreSQL 14 or later for the session counter. The
+account), ``openssl``, psycopg2 (the counters' driver; Django uses psycopg 3 when it is
+installed too), and PostgreSQL 14 or later for the session counter. The
 default run takes about 3 minutes on 2 idle cores (5 when the machine is busy);
 ``--tasks`` and ``--rounds`` scale it, and every burst has a deadline.
 Exit status: 0 when the run completed (see the PASS/MISS lines; ``--check`` turns a MISS into
@@ -77,7 +92,10 @@ DEFAULT_VARIANTS = ('stock', 'patched', 'unsafe')
 NOOP = ('noop', 'fixups', PATCHED_CLASS, None)
 NOOP_TASK = 'cdf_demo.noop'
 NOOP_NETWORK = 'no db'
-NETWORKS = ('plain', 'tls')
+NETWORKS = ('plain', 'tls', 'pooled')
+#: Django's PostgreSQL connection pool of the ``pooled`` rows (Django 5.1+, psycopg 3 and
+#: psycopg-pool): one connection per process, as a prefork child runs one task at a time.
+POOL_OPTIONS = {'min_size': 1, 'max_size': 1}
 TASK = 'cdf_demo.orm'
 CONN_MAX_AGE = 600
 BENCH_USER = 'bench'
@@ -85,7 +103,9 @@ BENCH_PASSWORD = 'bench-only-not-a-secret'
 
 #: The targets of the issue: minimum patched/stock speed-up per network, minimum
 #: patched/unsafe ratio.
-TARGET_SPEEDUP = {'plain': 1.8, 'tls': 3.0}
+TARGET_SPEEDUP = {'plain': 1.8, 'tls': 3.0, 'pooled': 2.5}
+#: On Celery 5 (5.6-5.7 close every connection, and a pool, at every task).
+TARGET_SPEEDUP_CELERY5 = {'plain': 2.5, 'tls': 3.0, 'pooled': 2.5}
 TARGET_VS_UNSAFE = 0.95
 
 
@@ -119,6 +139,7 @@ class Server(object):
     def __init__(self, network, auth):
         self.network = network
         self.auth = auth
+        # ``pooled`` has a plain server of its own; its workers use Django's pool.
         self.cluster = PgCluster(ssl_only=(network == 'tls'),
                                  settings={'password_encryption': 'scram-sha-256'})
         self.stats = None
@@ -198,8 +219,10 @@ class Contender(object):
     """One variant on one network: its database, its worker (kept running for the whole
     benchmark, idle between its bursts) and what it measured."""
 
-    def __init__(self, server, network, variant, concurrency, broker, task=TASK):
+    def __init__(self, server, network, variant, concurrency, broker, task=TASK,
+                 pool_options=None):
         self.server = server
+        self.pool_options = POOL_OPTIONS if pool_options is None else pool_options
         self.network = network
         self.variant = variant
         self.name = variant[0]
@@ -224,9 +247,15 @@ class Contender(object):
         _, mode, expected_class, settings = self.variant
         self.url = self.server.add_database(self.database)
         self.sessions_before = self.server.stats.sessions(self.database)
+        databases = None
+        if self.network == 'pooled':
+            # Django refuses a pool with persistent connections: CONN_MAX_AGE must be 0.
+            from celery_django_fixup.harness.demo.cdf_demo import dburl
+            options = dict(dburl.parse(self.url)['OPTIONS'], pool=self.pool_options)
+            databases = {'default': {'url': self.url, 'CONN_MAX_AGE': 0, 'OPTIONS': options}}
         self.worker = run.Worker(self.url, mode=mode, concurrency=self.concurrency,
                                  broker=self.broker, conn_max_age=CONN_MAX_AGE,
-                                 settings=settings, loglevel='warning')
+                                 databases=databases, settings=settings, loglevel='warning')
         self.worker.start(timeout=60)
         if self.worker.info.get('worker_fixup') != expected_class:
             raise BenchError('{0}: the worker runs {1}, not {2}'.format(
@@ -475,6 +504,14 @@ def environment():
     import kombu
     import psycopg2
     import redis
+    try:
+        import psycopg
+    except ImportError:
+        psycopg = None
+    try:
+        import psycopg_pool
+    except ImportError:
+        psycopg_pool = None
     cpu = platform.processor() or platform.machine()
     try:
         with open('/proc/cpuinfo') as fh:
@@ -488,6 +525,8 @@ def environment():
         'python': platform.python_version(), 'celery': celery.__version__,
         'kombu': kombu.__version__, 'django': django.get_version(),
         'psycopg2': psycopg2.__version__.split()[0], 'redis_py': redis.__version__,
+        'psycopg': psycopg.__version__ if psycopg else None,
+        'psycopg_pool': psycopg_pool.__version__ if psycopg_pool else None,
         'os': platform.platform(), 'cpu': cpu, 'cpus': _cpu_count(), 'memory': _memory(),
     }
 
@@ -527,7 +566,7 @@ def summarize(contenders, concurrency):
         table.setdefault(contender.network, {})[contender.name] = {
             'sessions': contender.sessions, 'tasks': contender.tasks_done,
             'median': round(median(rates), 1), 'min': min(rates), 'max': max(rates),
-            'rounds': rounds,
+            'rounds': rounds, 'bursts': contender.bursts,
             # Where the time goes, per task: wall time of one pool child, CPU time of the
             # worker's processes and of the database server.
             'child_ms': round(concurrency * 1000.0 / median(rates), 2),
@@ -545,20 +584,24 @@ def summarize(contenders, concurrency):
     return table
 
 
-def check_targets(table, concurrency, stock_reuses):
+def check_targets(table, concurrency, stock_reuses, speedups=None, pool_size=1):
+    speedups = speedups or TARGET_SPEEDUP
     targets = []
     for network, rows in sorted(table.items()):
         if network == NOOP_NETWORK:
             continue
+        # A pool keeps min_size connections in each pool process.
+        limit = concurrency * (pool_size if network == 'pooled' else 1)
         for name in ('patched', 'unsafe'):
             if name in rows:
                 value = rows[name]['sessions']
                 targets.append({
-                    'target': '{0} {1}: new sessions <= concurrency ({2})'.format(
-                        network, name, concurrency),
-                    'value': value, 'ok': value <= concurrency})
+                    'target': '{0} {1}: new sessions <= {2}'.format(
+                        network, name, 'concurrency ({0})'.format(limit) if limit == concurrency
+                        else 'concurrency x pool min_size ({0})'.format(limit)),
+                    'value': value, 'ok': value <= limit})
         if 'patched' in rows and 'stock' in rows:
-            goal = TARGET_SPEEDUP[network]
+            goal = speedups[network]
             value = rows['patched']['vs_stock']
             entry = {'target': '{0}: patched/stock >= {1:g}x'.format(network, goal),
                      'value': value, 'ok': value >= goal}
@@ -576,8 +619,14 @@ def check_targets(table, concurrency, stock_reuses):
 def render(report):
     env = report['environment']
     out = []
-    out.append('Python {python}, Celery {celery}, kombu {kombu}, Django {django}, psycopg2 '
-               '{psycopg2}, redis-py {redis_py}'.format(**env))
+    if env.get('psycopg'):
+        # Django 4.2+ uses psycopg 3 when it is installed (psycopg2 counts the sessions).
+        drivers = 'psycopg {0}, psycopg-pool {1} (psycopg2 {2} for the counters)'.format(
+            env['psycopg'], env.get('psycopg_pool'), env['psycopg2'])
+    else:
+        drivers = 'psycopg2 {0}'.format(env['psycopg2'])
+    out.append('Python {python}, Celery {celery}, kombu {kombu}, Django {django}, {drivers}, '
+               'redis-py {redis_py}'.format(drivers=drivers, **env))
     out.append('{cpus} x {cpu}, {memory} RAM; {os}'.format(**env))
     out.append('PostgreSQL {0} (throwaway servers, 127.0.0.1 TCP, auth {1}); connect+close '
                'median: {2}'.format(
@@ -588,6 +637,9 @@ def render(report):
                'prefork -c {concurrency}, CONN_MAX_AGE={cma}, broker+results {broker}'.format(
                    tasks=report['tasks'], task=TASK, concurrency=report['concurrency'],
                    cma=CONN_MAX_AGE, broker=report['broker'], bursts=report['bursts']))
+    if 'pooled' in report['networks']:
+        out.append("pooled: plain server, Django's connection pool OPTIONS['pool']={0}, "
+                   'CONN_MAX_AGE=0'.format(json.dumps(report['pool_options'], sort_keys=True)))
     out.append('{rounds} rounds; load average {l0} -> {l1}; {seconds:.0f} s in all'.format(
         rounds=report['rounds'], l0=report['load_before'], l1=report['load_after'],
         seconds=report['seconds']))
@@ -656,8 +708,15 @@ def parse_args(argv):
                         help='Redis URL, broker and result backend')
     parser.add_argument('--auth', choices=('trust', 'scram'), default='trust',
                         help='how workers log in to PostgreSQL (trust)')
-    parser.add_argument('--networks', default=','.join(NETWORKS),
-                        help='comma-separated: plain, tls (both)')
+    parser.add_argument('--networks', default=None,
+                        help="comma-separated: plain, tls, pooled (Django's connection pool "
+                             'on a plain server: Django 5.1+, psycopg 3, psycopg-pool). Default: '
+                             'plain,pooled where Django has pools and psycopg-pool is '
+                             'installed, else plain,tls')
+    parser.add_argument('--pool-options', type=json.loads, default=POOL_OPTIONS,
+                        help="Django's OPTIONS['pool'] of the pooled rows, as JSON: true or "
+                             'an object of psycopg_pool.ConnectionPool arguments (%s)' %
+                             json.dumps(POOL_OPTIONS, sort_keys=True).replace('%', '%%'))
     parser.add_argument('--micro-iterations', type=int, default=3000,
                         help='hook calls per sample of the micro-benchmark; 0 skips it')
     parser.add_argument('--json', metavar='PATH',
@@ -672,9 +731,11 @@ def parse_args(argv):
                         help='exit with status 3 if a target is missed')
     parser.add_argument('--micro-child', nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.networks is None:
+        args.networks = 'plain,pooled' if _pools_available() is None else 'plain,tls'
     args.networks = [n.strip() for n in args.networks.split(',') if n.strip()]
     if not args.networks or set(args.networks) - set(NETWORKS):
-        parser.error('--networks takes plain and/or tls')
+        parser.error('--networks takes plain, tls and/or pooled')
     args.variants = [v.strip() for v in args.variants.split(',') if v.strip()]
     if not args.variants or set(args.variants) - set(v[0] for v in VARIANTS):
         parser.error('--variants takes stock, patched, unsafe and/or nocheck')
@@ -684,9 +745,29 @@ def parse_args(argv):
     return args
 
 
+def _pool_min_size(options):
+    """Connections a pool keeps open in each process (psycopg_pool's default min_size: 4)."""
+    return options.get('min_size', 4) if isinstance(options, dict) else 4
+
+
+def _pools_available():
+    """None if Django's PostgreSQL connection pool can be used here, else why not."""
+    import django
+    if django.VERSION[:2] < (5, 1):
+        return 'Django {0} has no connection pool (5.1+)'.format(django.get_version())
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        return 'the pooled rows need psycopg 3 and psycopg-pool: {0}'.format(exc)
+    return None
+
+
 def bench(args):
     from celery_django_fixup import versions
     started = time.time()
+    if 'pooled' in args.networks and _pools_available():
+        raise Unavailable(_pools_available())
     line = versions.line_for()
     if line is None:
         raise Unavailable('Celery {0} is outside the supported range'.format(
@@ -707,6 +788,7 @@ def bench(args):
     report = {'environment': environment(), 'tasks': args.tasks, 'rounds': args.rounds,
               'bursts': args.bursts, 'concurrency': args.concurrency, 'broker': args.broker,
               'auth': args.auth, 'networks': args.networks, 'celery_line': line.name,
+              'pool_options': args.pool_options,
               'stock_reuses': line.reuses, 'load_before': _load()}
     servers = {}
     contenders = []
@@ -719,7 +801,8 @@ def bench(args):
             for variant in VARIANTS:
                 if variant[0] in args.variants:
                     contenders.append(Contender(servers[network], network, variant,
-                                                args.concurrency, broker))
+                                                args.concurrency, broker,
+                                                pool_options=args.pool_options))
         if args.noop:
             contenders.append(Contender(first, NOOP_NETWORK, NOOP, args.concurrency, broker,
                                         task=NOOP_TASK))
@@ -731,13 +814,21 @@ def bench(args):
                  for index in range(args.bursts)]
         timeout = max(60.0, max(sizes) / 10.0)
         turn = 0
+        previous = None
         for number in range(1, args.rounds + 1):
             for size in sizes:
-                # Each turn starts with the next contender, so none is always first.
+                # Each turn starts with the next contender, so none is always first, and
+                # every other turn goes the other way round, so none always runs right after
+                # the same one (after stock's burst the server is still reaping its backends).
                 shift = turn % len(contenders)
+                order = contenders[shift:] + contenders[:shift]
+                if turn % 2:
+                    order.reverse()
                 turn += 1
-                for contender in contenders[shift:] + contenders[:shift]:
+                for contender in order:
                     contender.burst(size, timeout, number)
+                    contender.bursts[-1]['after'] = previous
+                    previous = contender.label
             log('round {0}: '.format(number) + ', '.join(
                 '{0} {1:.0f}/s'.format(c.label, c.rounds()[-1]['per_second'])
                 for c in contenders))
@@ -756,7 +847,10 @@ def bench(args):
         for server in servers.values():
             server.close()
     report['table'] = summarize(contenders, args.concurrency)
-    report['targets'] = check_targets(report['table'], args.concurrency, line.reuses)
+    report['targets'] = check_targets(
+        report['table'], args.concurrency, line.reuses,
+        TARGET_SPEEDUP_CELERY5 if versions.celery_version() >= (5, 0, 0) else TARGET_SPEEDUP,
+        pool_size=_pool_min_size(args.pool_options))
     report['load_after'] = _load()
     report['seconds'] = round(time.time() - started, 1)
     return report
