@@ -76,6 +76,27 @@ def discard(conn):
         reset(conn)
 
 
+def pool_check(dbapi):
+    """``check`` of a Django connection pool (psycopg_pool calls it on every ``getconn()``):
+    a connection whose idle socket is quiet is handed out as it is; any other gets
+    psycopg_pool's own check (one round trip), which raises if the server ended the session,
+    and the pool then drops it and hands out another."""
+    if socket_is_quiet(dbapi):
+        return
+    from psycopg_pool import ConnectionPool
+    ConnectionPool.check_connection(dbapi)
+
+
+def check_pooled(conn):
+    """Make the Django connection pool of ``conn``'s alias check connections before handing
+    them out, unless it has a check already. Django gives the pool a check only with
+    ``CONN_HEALTH_CHECKS``, and its own per-request check is a no-op with a pool; between tasks
+    connections wait in the pool, where the server may end them."""
+    pool = versions.existing_pool(conn)
+    if pool is not None and getattr(pool, '_check', False) is None:
+        pool._check = pool_check
+
+
 def close_pool(conn):
     """Close the Django connection pool of ``conn``'s alias in this process, if there is one
     (Django's ``close_pool()``, without creating a pool to close)."""

@@ -131,6 +131,9 @@ def on_worker_process_init(sender=None, **kwargs):
             if isinstance(worker_fixup, DjangoWorkerFixup):
                 worker_fixup.install()
                 # install() connected the handler to the signal being sent: too late for it.
+                # And this is a pool process, although install() ran in it (see the solo
+                # pool's case there).
+                worker_fixup._install_pid = None
                 worker_fixup.on_worker_process_init(sender=sender, **kwargs)
 
 

@@ -15,8 +15,8 @@ from celery.fixups import django as upstream
 from celery.utils.log import get_logger
 
 from . import policy, processes, versions
-from .connections import (LazyHealthCheck, close_pool, discard, drop_inherited,
-                          drop_inherited_pool, for_each, is_usable)
+from .connections import (LazyHealthCheck, check_pooled, close_pool, discard,
+                          drop_inherited, drop_inherited_pool, for_each, is_usable)
 from .interruptions import SoftTimeLimitWatch
 from .settings import WorkerSettings
 
@@ -106,6 +106,9 @@ class DjangoWorkerFixup(upstream_class()):
         if self not in _installed:
             _installed.append(self)
         processes.on_fork_in_child(_after_fork_in_child)
+        # The process the worker starts in: the solo pool (Celery 4.4+) sends
+        # worker_process_init in it too, with no fork.
+        self._install_pid = os.getpid()
         # Forced: the main process must hold no connection when it forks the pool (celery#4878).
         # But not inside a live atomic block: the testing worker (start_worker) is built inside
         # the test's transaction, which is the caller's to end.
@@ -149,6 +152,9 @@ class DjangoWorkerFixup(upstream_class()):
 
     def on_connection_created(self, sender=None, connection=None, **kwargs):
         processes.record(connection)
+        if self.health_check is not None:
+            # Pooled connections wait in the pool, not in the wrapper, between tasks.
+            check_pooled(connection)
         if self.guards_idle_connections and self.health_check is not None:
             # No task boundary comes to check this one: check it before every use.
             self.health_check.arm(connection, once=False)
@@ -178,6 +184,10 @@ class DjangoWorkerFixup(upstream_class()):
         # or if they were started using execv.
         if os.environ.get('FORKED_BY_MULTIPROCESSING'):
             self.validate_models()
+        if os.getpid() == getattr(self, '_install_pid', None):
+            # The solo pool, in the worker's own process: nothing was inherited, and the
+            # connections there may be in the caller's use (the testing worker in a TestCase).
+            return
         self.role = POOL_CHILD
         # Upstream closes the fd, then closes the connection: 4.2-4.3 with a non-forced close,
         # a no-op when CONN_MAX_AGE is not 0 (Bad file descriptor, then hung workers:
@@ -236,12 +246,23 @@ class DjangoWorkerFixup(upstream_class()):
                     self.health_check.disarm(conn, once_only=True)
             reason = policy.reason_to_discard_after_task(
                 kwargs.get('state'), exception=versions.exception_in_flight(),
-                interrupted=self.soft_time_limit.fired, green=self.is_green_pool)
+                interrupted=self.soft_time_limit.fired)
             if reason is not None:
                 logger.debug('celery-django-fixup: closing every connection: %s', reason)
                 self._close_database(force=True)
+            elif self.is_green_pool:
+                # Connections are per greenlet: none is kept, but one from a Django pool goes
+                # back to the pool (shared by the greenlets), as Django's close() does.
+                for_each(self._db.connections, self._return_or_discard, 'close')
             self.close_database()
             self.close_cache()
+
+    def _return_or_discard(self, conn):
+        if versions.existing_pool(conn) is not None and conn.connection is not None and \
+                self._close_if_unsafe(conn) is None:
+            conn.close()
+        else:
+            discard(conn)
 
     def on_task_failure(self, sender=None, task_id=None, **kwargs):
         # Celery sends task_postrun with state SUCCESS when the task body returned, and only

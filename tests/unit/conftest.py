@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import weakref
 
 import pytest
 
@@ -49,8 +50,22 @@ _SIGNALS = ('worker_init', 'worker_ready', 'worker_process_init', 'beat_embedded
             'task_prerun', 'task_postrun', 'import_modules')
 
 
+def _upstream_fixup_receiver(entry):
+    """A receiver Celery's own ``DjangoFixup`` connected for an app a test created (Celery
+    5.7 connects them per app, with a dispatch_uid of its own): Celery's, not a leak of ours."""
+    key, ref = entry[0], entry[1]
+    uid = key[0] if isinstance(key, tuple) else key
+    if isinstance(uid, tuple) and uid and str(uid[0]).startswith('celery.fixups.django'):
+        return True
+    target = ref() if isinstance(ref, weakref.ref) else ref
+    owner = getattr(target, '__self__', None)
+    return isinstance(owner, upstream.DjangoFixup)
+
+
 def _receivers():
-    return dict((name, list(getattr(signals, name).receivers)) for name in _SIGNALS)
+    return dict((name, [entry for entry in getattr(signals, name).receivers
+                        if not _upstream_fixup_receiver(entry)])
+                for name in _SIGNALS)
 
 
 @pytest.fixture(autouse=True)

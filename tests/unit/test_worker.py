@@ -69,7 +69,8 @@ class test_install(object):
             assert fixup.install() is fixup
             fixup.uninstall()
         sigs.beat_embedded_init.connect.assert_called_with(fixup.on_beat_embedded_init)
-        sigs.worker_ready.connect.assert_called_with(fixup.on_worker_ready)
+        if versions.upstream_connects_worker_ready(upstream_class()):
+            sigs.worker_ready.connect.assert_called_with(fixup.on_worker_ready)
         sigs.task_prerun.connect.assert_called_with(fixup.on_task_prerun)
         sigs.task_postrun.connect.assert_called_with(fixup.on_task_postrun)
         sigs.worker_process_init.connect.assert_called_with(fixup.on_worker_process_init)
@@ -335,6 +336,19 @@ class test_fork(object):
 
 
 class test_processes(object):
+
+    def test_solo_pool_process_init_in_the_workers_own_process_changes_nothing(self, app):
+        # Celery 4.4+'s solo pool sends worker_process_init in the worker's own process: the
+        # testing worker builds it inside the caller's transaction.
+        conn = FakeConnection()
+        fixup = make_fixup(app, conn)
+        with mock.patch('celery_django_fixup.worker.signals'):
+            conn.in_atomic_block = True
+            fixup.install()
+            fixup.uninstall()
+        fixup.on_worker_process_init()
+        assert conn.calls == [] and conn.connection is not None
+        assert fixup.guards_idle_connections
 
     def test_pool_process_closes_its_connections_before_it_exits(self, app):
         from celery_django_fixup import processes
