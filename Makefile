@@ -52,10 +52,17 @@ test-env: $(BOOTSTRAP)/.installed
 	@test -n "$(ENV)" || { echo 'usage: make test-env ENV=<tox env> [ARGS="<pytest args>"]' >&2; exit 2; }
 	$(TOX) run -e $(ENV) --skip-missing-interpreters false -- $(ARGS)
 
-# Stock vs patched workers on Celery 4.1 and 4.3, on a throwaway PostgreSQL and a filesystem
-# broker: no service needed. ARGS go to the verify command (e.g. ARGS="--tasks 50").
+# Stock vs patched workers on Celery 4.1, 4.3 and 5.7, on a throwaway PostgreSQL and a
+# filesystem broker: no service needed. Each runs where its interpreter is found (the others are
+# listed as skipped); at least one must. ARGS go to the verify command (e.g. ARGS="--tasks 50").
+VERIFY_ENVS := verify-py36-celery41-django111 verify-py38-celery43-django32 verify-py313-celery57-django61
 verify: $(BOOTSTRAP)/.installed
-	$(TOX) run -e verify-py36-celery41-django111,verify-py38-celery43-django32 -- $(ARGS)
+	@ran=; for env in $(VERIFY_ENVS); do \
+	    py=python$$(echo $$env | sed -E 's/^verify-py([0-9])([0-9]+)-.*/\1.\2/'); \
+	    if command -v $$py >/dev/null 2>&1; then \
+	        $(TOX) run -e $$env -- $(ARGS) || exit $$?; ran=1; \
+	    else echo "!! SKIPPED $$env: no $$py on PATH"; fi; \
+	done; test -n "$$ran" || { echo 'verify: none of python3.6, 3.8, 3.13 is on PATH' >&2; exit 1; }
 
 # The benchmark of benchmarks/README.rst (ARGS go to benchmarks/bench.py, in each env):
 # Celery 4.4.0 + Django 3.2 (plain, TLS), then Celery 5.7 + Django 5.2 (plain, Django's
@@ -72,7 +79,7 @@ bench57: $(BOOTSTRAP)/.installed
 RESULTS ?= .reliability-results
 reliability: $(BOOTSTRAP)/.installed
 	rm -rf $(RESULTS) && mkdir -p $(RESULTS)
-	CDF_RESULTS_DIR=$(abspath $(RESULTS)) $(TOX) run -p $(JOBS) -e py27-celery41-django111,py38-celery43-django32,py37-celery440-django22,py38-celery447-django32 -- -m faults
+	CDF_RESULTS_DIR=$(abspath $(RESULTS)) $(TOX) run -p $(JOBS) -e py27-celery41-django111,py38-celery43-django32,py37-celery440-django22,py38-celery447-django32,py310-celery55-django51,py313-celery57-django61 -- -m faults
 	$(BOOTSTRAP)/bin/python scripts/reliability_table.py --results $(RESULTS) --readme README.rst
 
 clean:

@@ -70,17 +70,17 @@ SCENARIOS = [
     ('soak', '8. Soak, 10,000 tasks'),
     ('main_process', '9. Main process writes (django-db results), server ends its session'),
     ('exits', '10. Processes that exit: sessions abandoned'),
-    ('fork_in_task', '9. Process forked inside a task, 5 forks (-c 1; patched: Python 3.7+)'),
-    ('beat_fds', "10. Embedded beat's files and sockets (-B -c 1; failed: beat ticks)"),
-    ('parent_session', "11. Main process's own session, pool forked 6 times (PyMySQL)"),
-    ('testing_worker', '12. Testing worker (start_worker) inside a Django TestCase'),
-    ('pymysql_reconnect', '9. Killed while idle, reconnected by Django'),
-    ('caught_interrupt', '10. Soft time limit caught by the task'),
-    ('django_pool', '9. Django connection pool (5.1+)'),
+    ('fork_in_task', '11. Process forked inside a task, 5 forks (-c 1; patched: Python 3.7+)'),
+    ('beat_fds', "12. Embedded beat's files and sockets (-B -c 1; failed: beat ticks)"),
+    ('parent_session', "13. Main process's own session, pool forked 6 times (PyMySQL)"),
+    ('testing_worker', '14. Testing worker (start_worker) inside a Django TestCase'),
+    ('pymysql_reconnect', '15. Killed while idle, reconnected by Django (-c 1)'),
+    ('caught_interrupt', '16. Soft time limit caught by the task (-c 1)'),
+    ('django_pool', '17. Django connection pool (Django 5.1+)'),
 ]
 
 #: Stock release lines shown by default: ``4.1`` means every 4.1.x, ``4.4.0`` only 4.4.0.
-DEFAULT_STOCK = ['4.1', '4.3', '4.4.0']
+DEFAULT_STOCK = ['4.1', '4.3', '4.4.0', '5.5', '5.7']
 
 START = '.. reliability-table-start'
 END = '.. reliability-table-end'
