@@ -182,3 +182,18 @@ class FakeMysqlConnection(FakeConnection):
         if self.connection is None:
             self.connection = FakePyMySQL()
             self.created += 1
+
+
+def make_fixup(app, *conns, **conf):
+    """The patched worker fix-up of ``app``, on these fake connections and a mocked cache."""
+    from celery_django_fixup.worker import DjangoWorkerFixup
+    try:
+        from unittest import mock
+    except ImportError:  # Python 2
+        import mock
+    app.conf.update(conf)
+    fixup = DjangoWorkerFixup(app)
+    fixup._db = mock.Mock(name='django.db')
+    fixup._db.connections = FakeConnectionHandler(*conns)
+    fixup._cache = mock.Mock(name='django.core.cache')
+    return fixup

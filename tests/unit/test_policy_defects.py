@@ -31,6 +31,7 @@ try:
     from unittest import mock
 except ImportError:  # Python 2
     import mock
+from fakes import make_fixup
 from fakes import (FakeConnection, FakeConnectionHandler, FakeDbapiConnection, FakeMysqlConnection,
                    FakePyMySQL, FakeThreadLocalHandler)
 
@@ -38,15 +39,6 @@ PY2 = sys.version_info[0] == 2
 
 #: Celery 5.7 only logs an exception of ``on_success`` or ``after_return``: the task succeeded.
 HANDLER_ERRORS_ONLY_LOGGED = versions.celery_version() >= (5, 7, 0)
-
-
-def make_fixup(app, *conns, **conf):
-    app.conf.update(conf)
-    fixup = DjangoWorkerFixup(app)
-    fixup._db = mock.Mock(name='django.db')
-    fixup._db.connections = FakeConnectionHandler(*conns)
-    fixup._cache = mock.Mock(name='django.core.cache')
-    return fixup
 
 
 def task(eager=False):

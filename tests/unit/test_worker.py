@@ -16,16 +16,8 @@ try:
     from unittest import mock
 except ImportError:  # Python 2
     import mock
+from fakes import make_fixup
 from fakes import FakeConnection, FakeConnectionHandler
-
-
-def make_fixup(app, *conns, **conf):
-    app.conf.update(conf)
-    fixup = DjangoWorkerFixup(app)
-    fixup._db = mock.Mock(name='django.db')
-    fixup._db.connections = FakeConnectionHandler(*conns)
-    fixup._cache = mock.Mock(name='django.core.cache')
-    return fixup
 
 
 def assert_cache_closed(fixup):

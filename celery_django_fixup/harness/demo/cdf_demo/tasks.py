@@ -105,6 +105,17 @@ def _is_psycopg2(dbapi):
     return type(dbapi).__module__.split('.')[0] == 'psycopg2'
 
 
+def sleep_in_query(conn, seconds):
+    """A query that takes ``seconds`` on the server (SQLite: a sleep in the client)."""
+    with conn.cursor() as cursor:
+        if conn.vendor == 'postgresql':
+            cursor.execute('SELECT pg_sleep(%s)', [seconds])
+        elif conn.vendor == 'mysql':
+            cursor.execute('SELECT SLEEP(%s)', [seconds])
+        else:
+            time.sleep(seconds)
+
+
 @app.task(name='cdf_demo.slow_query', soft_time_limit=1)
 def slow_query(seconds=3, alias='default', interruptible=True):
     """A query that outlives the soft time limit (1 s unless the caller sets another).
@@ -124,13 +135,7 @@ def slow_query(seconds=3, alias='default', interruptible=True):
         import psycopg2.extras
         psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
     try:
-        with conn.cursor() as cursor:
-            if conn.vendor == 'postgresql':
-                cursor.execute('SELECT pg_sleep(%s)', [seconds])
-            elif conn.vendor == 'mysql':
-                cursor.execute('SELECT SLEEP(%s)', [seconds])
-            else:
-                time.sleep(seconds)
+        sleep_in_query(conn, seconds)
     except SoftTimeLimitExceeded:
         raise SoftTimeLimitExceeded('soft time limit in a query, backend={0} pid={1}'.format(
             backend, os.getpid()))

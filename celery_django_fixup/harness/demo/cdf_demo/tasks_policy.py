@@ -16,6 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.db import connections
 
 from cdf_demo.celeryapp import app, backend_id
+from cdf_demo.tasks import sleep_in_query
 
 #: A value that makes ``cdf_demo.results_policy.InterruptedStoreBackend`` raise
 #: ``SoftTimeLimitExceeded`` while it stores the task's success.
@@ -96,13 +97,7 @@ def caught_slow_query(seconds=3, alias='default'):
     backend = backend_id(conn)
     caught = False
     try:
-        with conn.cursor() as cursor:
-            if conn.vendor == 'postgresql':
-                cursor.execute('SELECT pg_sleep(%s)', [seconds])
-            elif conn.vendor == 'mysql':
-                cursor.execute('SELECT SLEEP(%s)', [seconds])
-            else:
-                time.sleep(seconds)
+        sleep_in_query(conn, seconds)
     except SoftTimeLimitExceeded:
         caught = True
     return {'pid': os.getpid(), 'alias': alias, 'backend': backend, 'caught': caught}
