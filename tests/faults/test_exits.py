@@ -258,8 +258,11 @@ def test_warm_shutdown(variant, database, start_worker, line, record, explain, m
         # failure the main process stores (and so holds a connection).
         # (Celery 4.0-4.1: a hard time limit; see test_main_process.killed_tasks.)
         from celery_django_fixup import versions
-        task = 'hard_limited' if versions.celery_version() < (4, 2) else 'lost'
-        lost = worker.run(task, count=1, timeout=30)
+        if versions.celery_version() < (4, 2):
+            # Long past its 1 s hard limit, so that a loaded machine still kills it first.
+            lost = worker.run('hard_limited', count=1, kwargs={'seconds': 20}, timeout=40)
+        else:
+            lost = worker.run('lost', count=1, timeout=30)
         # The only session on the database now is the main process': the reader's is closed
         # (the server may list it a moment longer).
         reader.close()
