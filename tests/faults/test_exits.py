@@ -299,6 +299,7 @@ def test_warm_shutdown(variant, database, start_worker, line, record, explain, m
         # The pool's kept connections.
         assert abandoned >= 1, context
     else:
-        # Measured on 4.4.0 (Python 3.7): nothing abandoned, not even the main process'
-        # session (it is not open any more at exit).
-        assert abandoned == 0, context
+        # The pool's processes close at every task. The main process' session: closed before
+        # exit on 4.4.0 (Python 3.7, measured: 0 abandoned), left open on 4.1 (Python 2.7,
+        # measured: 1).
+        assert abandoned <= len(main_sessions), context
