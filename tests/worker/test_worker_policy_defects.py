@@ -19,6 +19,7 @@ the same session where its line keeps connections (4.2-4.3, 4.4.4+).
 """
 from __future__ import absolute_import
 
+import sys
 import time
 
 import pytest
@@ -138,6 +139,8 @@ def sessions_per_thread(outcomes):
 
 @pytest.mark.skipif(versions.celery_version() < (4, 4, 0),
                     reason='the threads pool is new in Celery 4.4')
+@pytest.mark.skipif(sys.version_info[0] < 3,
+                    reason="Celery's threads pool needs concurrent.futures (Python 3)")
 @pytest.mark.parametrize('mode', MODES)
 def test_reuse_max_counts_the_tasks_of_each_thread(pg_db, start_worker, line, mode):
     worker = start_worker(mode=mode, pool='threads', concurrency=THREADS, conn_max_age=600,
