@@ -216,7 +216,9 @@ def test_main_process_writes_after_the_server_ended_its_session(variant, target,
     context = explain(facts, touched + killed, worker)
 
     assert stopped == 'stopped', context
-    assert ended, context
+    # An idle timeout ends the sessions by itself: on a loaded machine it may have done so
+    # before they could be listed.
+    assert ended or target.case == 'idle timeout', context
     # What was stored is the failure of a killed task, whatever the fix-up.
     expected = ('TimeLimitExceeded', 'WorkerLostError')
     assert all(outcome.error.startswith(expected) for outcome in stored), context
