@@ -27,11 +27,6 @@ class DemoPolicyError(Exception):
     """Raised on purpose."""
 
 
-class DemoBaseError(BaseException):
-    """A ``BaseException`` that is neither ``SystemExit`` nor ``KeyboardInterrupt``: Celery's
-    tracer lets it through without a state (``task_postrun`` is sent with ``state=None``)."""
-
-
 def _where(alias='default'):
     return 'backend={0} pid={1}'.format(backend_id(connections[alias]), os.getpid())
 
@@ -61,13 +56,6 @@ def on_failure_raises(alias='default'):
     """A query, then an error whose ``on_failure`` handler raises too: Celery's ``on_error``
     raises, and ``task_postrun`` is sent with ``state=None``."""
     raise DemoPolicyError('failed on purpose, {0}'.format(_where(alias)))
-
-
-@app.task(name='cdf_demo.base_exception')
-def base_exception(alias='default'):
-    """A query, then a ``BaseException``: ``task_postrun`` is sent with ``state=None``, then the
-    exception leaves the tracer: a prefork child exits (``WorkerLostError``)."""
-    raise DemoBaseError('base exception on purpose, {0}'.format(_where(alias)))
 
 
 @app.task(name='cdf_demo.on_success_raises', base=_OnSuccessRaises)
