@@ -12,6 +12,8 @@ from celery import Celery, signals
 from celery.fixups import django as upstream
 
 import celery_django_fixup
+from celery_django_fixup import versions
+from celery_django_fixup.worker import upstream_class
 from celery_django_fixup import (DjangoWorkerFixup, LateActivationWarning,
                                  UnsupportedVersionWarning, patch)
 
@@ -156,6 +158,9 @@ class test_worker_init(object):
         assert 'CELERY_DB_REUSE_MAX' in str(excinfo.value)
         _disconnect(django_fixup)
 
+    @pytest.mark.skipif(bool(versions.upstream_init_kwargs(upstream_class())),
+                        reason="Celery 5.6.1's own DjangoWorkerFixup builds a WorkController when "
+                               'given no worker, which builds the fix-up again (celery#10045)')
     def test_late_activation_warns_at_install(self, clean, django_env, recwarnings):
         app = Celery('proj', set_as_current=False)
         [django_fixup] = django_fixups(app)
@@ -168,6 +173,9 @@ class test_worker_init(object):
         assert 'Import celery_django_fixup at the top' in message
         _disconnect(django_fixup)
 
+    @pytest.mark.skipif(bool(versions.upstream_init_kwargs(upstream_class())),
+                        reason="Celery 5.6.1's own DjangoWorkerFixup builds a WorkController when "
+                               'given no worker, which builds the fix-up again (celery#10045)')
     def test_late_activation_warns_at_worker_init(self, clean, django_env, recwarnings):
         app = Celery('proj', set_as_current=False)
         [django_fixup] = django_fixups(app)
