@@ -41,7 +41,8 @@ def kept_session(conn):
         return None
     try:
         if conn.vendor == 'postgresql':
-            return raw.get_backend_pid()
+            info = getattr(raw, 'info', None)  # psycopg 3
+            return info.backend_pid if info is not None else raw.get_backend_pid()
         if conn.vendor == 'mysql':
             return raw.thread_id()
     except Exception:  # noqa: B902 -- a dead connection: nothing kept worth naming
