@@ -34,9 +34,26 @@ def mysql_driver():
     return 'PyMySQL' if 'pymysql' in getattr(MySQLdb, '__name__', '') else 'mysqlclient'
 
 
+def postgresql_driver():
+    """The PostgreSQL driver Django uses: psycopg 3 from Django 4.2 when it is installed (as in
+    the envs of Django 5.1+), else psycopg2."""
+    import django
+    if django.VERSION >= (4, 2):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            return 'psycopg 3'
+    return 'psycopg2'
+
+
 def case_name(vendor):
-    """``mysql (PyMySQL)``, ``postgresql (psycopg2)``: the row of the Reliability table."""
-    return '{0} ({1})'.format(vendor, mysql_driver() if vendor == 'mysql' else 'psycopg2')
+    """``mysql (PyMySQL)``, ``postgresql``: the row of the Reliability table. The PostgreSQL
+    driver differs between envs of one row (the table's introduction says which)."""
+    if vendor == 'mysql':
+        return '{0} ({1})'.format(vendor, mysql_driver())
+    return vendor
 
 
 def not_set_up_count(pairs, vendor, created, reported):
