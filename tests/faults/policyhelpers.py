@@ -97,12 +97,17 @@ def not_set_up(pairs, vendor):
             if outcome.ok and outcome.result.get('isolation') != READ_COMMITTED]
 
 
-def connections_created(path, vendor):
-    """How many connections Django opened in the worker (``CDF_CONNECTIONS_FILE``)."""
+def connections_created(path, vendor, worker):
+    """How many connections Django opened in the pool processes of ``worker``
+    (``CDF_CONNECTIONS_FILE``). The main process's are left out: no task runs on them, and
+    Django 6.1's system checks, run by Celery in the main process at start, open and close one
+    on MySQL to read the server's version."""
     if not os.path.exists(path):
         return 0
+    main = str(worker.info['pid'])
     with open(path) as fh:
-        return sum(1 for line in fh if line.split()[-1:] == [vendor])
+        return sum(1 for line in fh
+                   if line.split()[-1:] == [vendor] and line.split()[:1] != [main])
 
 
 def set_up_by_django(created, reported, vendor):

@@ -51,7 +51,7 @@ def test_caught_soft_time_limit(database, start_worker, variant, line, record, e
     everything = first + after
     reported = set(outcome.backend for _, outcome in everything if outcome.ok)
     reported.add(caught.backend)
-    created = connections_created(created_file, vendor)
+    created = connections_created(created_file, vendor, worker)
     next_one = after[0][1]
     reused = int(next_one.backend == caught.backend)
     facts = record('caught_interrupt', variant, case=case_name(vendor), tasks=len(everything) + 1,

@@ -52,7 +52,7 @@ def test_session_killed_while_idle_is_set_up_by_django(mariadb_db, start_worker,
 
     everything = first + after
     reported = set(outcome.backend for _, outcome in everything if outcome.ok)
-    created = connections_created(created_file, 'mysql')
+    created = connections_created(created_file, 'mysql', worker)
     facts = record('pymysql_reconnect', variant, case=case_name('mysql'),
                    kills=len(killed), failed=len(failed(after)), timeout=len(timed_out(after)),
                    stale=len(stale(everything)), sessions=len(reported),

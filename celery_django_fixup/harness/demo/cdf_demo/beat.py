@@ -112,13 +112,17 @@ class FilesScheduler(QueryingScheduler):
     MAX_FILES = 200
 
     def setup_schedule(self):
-        super(FilesScheduler, self).setup_schedule()
         self._files = []
         self._socket = None
         self._ticks = 0
         folder = os.environ.get('CDF_BEAT_FILES')
-        if not folder:
-            return
+        if folder:
+            # Before the schedule's own store: on Python 3.13 ``shelve`` is SQLite, which
+            # keeps files open and would take the numbers first.
+            self._take_numbers(folder)
+        super(FilesScheduler, self).setup_schedule()
+
+    def _take_numbers(self, folder):
         targets = sorted(fd for fd in self._targets() if fd is not None)
         setup = {'setup': True, 'pid': os.getpid(), 'targets': targets, 'files': {},
                  'socket_fd': None}
