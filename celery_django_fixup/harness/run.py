@@ -252,6 +252,9 @@ def _error_text(value):
 
 #: Seconds :meth:`Worker.stop` waits for the tasks in flight to finish before SIGTERM.
 IDLE_SETTLE = 3.0
+#: What Celery's consumer logs when it takes an error (or a shutdown raised in its read
+#: handler) for a lost broker connection and reconnects.
+LOST_SHUTDOWN = 'Connection to broker lost'
 #: Celery's log lines for a task received (4.x "Received task: NAME[ID]", 5.x "Task NAME[ID]
 #: received"), and for one that ended, however it did ("succeeded in", "raised unexpected",
 #: "retry", "ignored"...).
@@ -405,6 +408,12 @@ class Worker(object):
         log shows a task finished before its pool process has reported it to the main process,
         so the signal also waits (within ``settle``) until every process of the worker is seen
         asleep. A worker whose tasks hang never settles and is signalled all the same.
+
+        A shutdown raised while the main process reads from the broker is taken by Celery 4 for
+        a lost broker connection: the worker logs that it reconnects and runs on (the same
+        celery#7339). Seen in the log after the signal, it gets a second SIGTERM, once, as a
+        supervisor that finds the worker still running would send (the log says so). A worker
+        that hangs for any other reason is not signalled again.
         """
         if self.proc is None or self.stop_result is not None:
             return self.stop_result
@@ -418,8 +427,14 @@ class Worker(object):
         if self.proc.poll() is not None:
             result = 'exited'
         else:
+            log_from, lost = self._log_size(), False
             _signal(self.proc.pid, signal.SIGTERM)
             while self.proc.poll() is None and time.time() - started < timeout:
+                if not lost and LOST_SHUTDOWN in self._log_since(log_from):
+                    lost = True
+                    self._note_in_log('SIGTERM was taken for a lost broker connection '
+                                      '(celery#7339): sent again')
+                    _signal(self.proc.pid, signal.SIGTERM)
                 time.sleep(0.05)
             result = 'stopped' if self.proc.poll() is not None else 'hung'
             if result == 'hung':
@@ -469,6 +484,21 @@ class Worker(object):
             return ''
         with open(self.log_path, 'rb') as fh:
             return fh.read().decode('utf-8', 'replace')
+
+    def _log_size(self):
+        try:
+            return os.path.getsize(self.log_path)
+        except (TypeError, OSError):
+            return 0
+
+    def _log_since(self, offset):
+        """What the log got after its first ``offset`` bytes."""
+        try:
+            with open(self.log_path, 'rb') as fh:
+                fh.seek(offset)
+                return fh.read().decode('utf-8', 'replace')
+        except (TypeError, IOError, OSError):
+            return ''
 
     def in_flight(self):
         """Ids of the tasks the log shows received and not yet finished."""

@@ -152,3 +152,57 @@ def test_stop_signals_a_worker_whose_task_never_finishes(tmpdir, monkeypatch):
     assert result == 'hung'
     assert 0.2 <= signalled_at < 1.0
     assert '[harness] still running 0 s after SIGTERM' in log
+
+
+class LosesTheFirstShutdown(Process):
+    """A Celery 4 main process whose first SIGTERM lands in its broker read handler: it logs a
+    lost broker connection and runs on; the second one stops it."""
+
+    def __init__(self, log):
+        super(LosesTheFirstShutdown, self).__init__(exits=False)
+        self.log = log
+        self.signals = 0
+
+    def signalled(self):
+        self.signals += 1
+        if self.signals == 1:
+            self.log.write('[2026-01-01 00:00:00,000: WARNING/MainProcess] consumer: Connection '
+                           'to broker lost. Trying to re-establish the connection...\n',
+                           mode='a')
+        else:
+            self.returncode = 0
+
+
+def signal_to(process, monkeypatch):
+    sent = []
+
+    def signal(pid, signum):
+        sent.append(signum)
+        process.signalled()
+    monkeypatch.setattr(run, '_signal', signal)
+    monkeypatch.setattr(run, '_group_members', lambda pgid: [])
+    return sent
+
+
+def test_stop_signals_again_a_shutdown_taken_for_a_lost_broker_connection(tmpdir, monkeypatch):
+    worker = make_worker(tmpdir, '')
+    process = worker.proc = LosesTheFirstShutdown(tmpdir.join('worker.log'))
+    worker.stop_result = None
+    worker._kill_group = lambda: None
+    sent = signal_to(process, monkeypatch)
+
+    assert worker.stop(timeout=2, settle=0) == 'stopped'
+    assert len(sent) == 2
+    assert 'sent again' in worker.log()
+
+
+def test_stop_does_not_signal_again_a_worker_that_hangs_otherwise(tmpdir, monkeypatch):
+    worker = make_worker(tmpdir, '')
+    process = worker.proc = Process(exits=False)
+    process.signalled = lambda: None
+    worker.stop_result = None
+    worker._kill_group = lambda: None
+    sent = signal_to(process, monkeypatch)
+
+    assert worker.stop(timeout=0.3, settle=0) == 'hung'
+    assert len(sent) == 1
