@@ -14,7 +14,7 @@ from celery.fixups import django as upstream
 
 from . import versions
 from .exceptions import InvalidSetting, LateActivationWarning, UnsupportedVersionWarning
-from .worker import MARKER, DjangoWorkerFixup
+from .worker import MARKER, DjangoWorkerFixup, installed
 
 __all__ = ('install', 'uninstall', 'is_patched', 'get_original', 'fixup')
 
@@ -118,15 +118,17 @@ def on_worker_init(sender=None, **kwargs):
 def on_worker_process_init(sender=None, **kwargs):
     """Install the patched worker fix-up in a pool process that was spawned, not forked.
 
-    With ``worker_pool_start_method = 'spawn'`` (Celery 5.7), a pool process imports the app
-    afresh and is sent ``worker_process_init`` but never ``worker_init``, so no Django worker
-    fix-up, Celery's or ours, would handle its connections. A forked pool process has the one
-    its parent installed, and is left to it.
+    With ``worker_pool_start_method = 'spawn'`` (Celery 5.7), a pool process unpickles the app,
+    imports the task modules and is sent ``worker_process_init`` but never ``worker_init``, so
+    no Django worker fix-up, Celery's or ours, would handle its connections. Celery's
+    ``import_modules`` handler may have created one already (to set Django up), without
+    installing it. A forked pool process goes on with the one its parent installed, and is left
+    to it. One fix-up per process: its handlers take every task, whatever the app.
     """
+    if installed():
+        return
     for app in list(_state._get_active_apps()):
         for django_fixup in _django_fixups(app):
-            if django_fixup._worker_fixup is not None:
-                continue
             worker_fixup = django_fixup.worker_fixup
             if isinstance(worker_fixup, DjangoWorkerFixup):
                 worker_fixup.install()
@@ -135,6 +137,7 @@ def on_worker_process_init(sender=None, **kwargs):
                 # pool's case there).
                 worker_fixup._install_pid = None
                 worker_fixup.on_worker_process_init(sender=sender, **kwargs)
+                return
 
 
 def _names_upstream_fixup(entry):

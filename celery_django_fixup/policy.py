@@ -6,7 +6,8 @@ from __future__ import absolute_import
 
 from celery import states
 
-__all__ = ('reason_to_discard', 'reason_to_discard_after_task', 'is_green_pool')
+__all__ = ('reason_to_discard', 'reason_to_discard_after_task',
+           'reason_to_discard_after_green_task', 'is_green_pool')
 
 try:
     _string_types = (basestring,)  # noqa: F821 -- Python 2
@@ -33,23 +34,21 @@ def reason_to_discard(conn):
     return None
 
 
-def reason_to_discard_after_task(state, exception=None, interrupted=False, green=False):
+def reason_to_discard_after_task(state, exception=None, interrupted=False):
     """Why every connection of the thread that ran a task must be closed when the task ends,
     whatever their age, or None if each may be kept as Django's rules say.
 
     ``state`` is what ``task_postrun`` was sent; ``exception`` one raised past it (Celery
     sends ``task_postrun`` from a ``finally``); ``interrupted`` whether a soft time limit was
-    delivered during the task; ``green`` whether tasks run in greenlets.
+    delivered during the task.
 
     A task that did not end in ``SUCCESS`` may have left its connection broken in a way Django
     does not record: a ``SoftTimeLimitExceeded`` raised in the middle of a query never passes
     Django's error wrapper (Django ticket 30646, celery#9824). Celery sends no state (None)
     when the task raised a ``BaseException`` or when its own error handling failed. A soft
     time limit the task caught may have landed in the middle of a driver's exchange with the
-    server. Greenlet pools: connections are per greenlet and die unclosed with it.
+    server.
     """
-    if green:
-        return 'tasks run in greenlets'
     if state != states.SUCCESS:
         return 'the task ended in state {0}'.format(state)
     if exception is not None:
@@ -57,6 +56,19 @@ def reason_to_discard_after_task(state, exception=None, interrupted=False, green
     if interrupted:
         return 'a soft time limit was delivered during the task'
     return None
+
+
+def reason_to_discard_after_green_task(conn, pooled):
+    """Why a connection a task used in a greenlet must be closed when the task ends, or None
+    if it goes back to the Django connection pool (5.1+) it came from.
+
+    Connections are per greenlet and die unclosed with it: the greenlet keeps none. A pool is
+    process-wide, shared by the greenlets, and a safe connection goes back to it, as Django's
+    ``close()`` does at the end of a request.
+    """
+    if not pooled:
+        return 'tasks run in greenlets'
+    return reason_to_discard(conn)
 
 
 def is_green_pool(pool_cls):

@@ -12,8 +12,9 @@ __all__ = (
     'SUPPORTED_CELERY', 'SUPPORTED_DJANGO', 'CeleryLine', 'LINES',
     'celery_version', 'django_version', 'line_for', 'unsupported_reason',
     'task_failure_signals', 'exception_in_flight', 'upstream_connects_worker_ready',
-    'upstream_init_kwargs', 'initialized_connections', 'mark_health_check_done',
-    'existing_pool', 'forget_pool',
+    'upstream_init_kwargs', 'handler_errors_fail_the_task', 'pool_start_method_setting',
+    'initialized_connections',
+    'mark_health_check_done', 'existing_pool', 'forget_pool',
 )
 
 #: Celery releases the patched fix-up is written and tested against (inclusive).
@@ -185,6 +186,20 @@ def upstream_init_kwargs(upstream_cls):
     if 'worker' in signature(upstream_cls.__init__).parameters:
         return {'worker': _WORKER_NOT_YET}
     return {}
+
+
+def handler_errors_fail_the_task():
+    """Whether an exception raised by a task's ``on_success`` or ``after_return`` ends the
+    task in FAILURE after its ``task_postrun`` was sent with SUCCESS (Celery 4.0-5.6), rather
+    than being only logged (5.7)."""
+    return celery_version() < (5, 7, 0)
+
+
+def pool_start_method_setting():
+    """Whether prefork pool processes can be spawned rather than forked
+    (``worker_pool_start_method``, Celery 5.7+): a spawned one is sent ``worker_process_init``
+    but never ``worker_init``."""
+    return celery_version() >= (5, 7, 0)
 
 
 # -- Django ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from .connections import (LazyHealthCheck, check_pooled, close_pool, discard,
 from .interruptions import SoftTimeLimitWatch
 from .settings import WorkerSettings
 
-__all__ = ('DjangoWorkerFixup', 'MARKER', 'OVERRIDES', 'upstream_class')
+__all__ = ('DjangoWorkerFixup', 'MARKER', 'OVERRIDES', 'upstream_class', 'installed')
 
 logger = get_logger(__name__)
 
@@ -41,6 +41,12 @@ def upstream_class():
     while MARKER in vars(cls):
         cls = cls.__bases__[0]
     return cls
+
+
+def installed():
+    """The patched worker fix-ups installed in this process (or in the process it was forked
+    from, whose fix-up goes on in a forked pool process)."""
+    return list(_installed)
 
 
 def _after_fork_in_child():
@@ -251,16 +257,16 @@ class DjangoWorkerFixup(upstream_class()):
                 logger.debug('celery-django-fixup: closing every connection: %s', reason)
                 self._close_database(force=True)
             elif self.is_green_pool:
-                # Connections are per greenlet: none is kept, but one from a Django pool goes
-                # back to the pool (shared by the greenlets), as Django's close() does.
                 for_each(self._db.connections, self._return_or_discard, 'close')
             self.close_database()
             self.close_cache()
 
     def _return_or_discard(self, conn):
-        if versions.existing_pool(conn) is not None and conn.connection is not None and \
+        reason = policy.reason_to_discard_after_green_task(
+            conn, pooled=versions.existing_pool(conn) is not None)
+        if reason is None and conn.connection is not None and \
                 self._close_if_unsafe(conn) is None:
-            conn.close()
+            conn.close()  # back to the pool
         else:
             discard(conn)
 

@@ -480,10 +480,7 @@ class Worker(object):
             pass
 
     def log(self):
-        if not self.log_path or not os.path.exists(self.log_path):
-            return ''
-        with open(self.log_path, 'rb') as fh:
-            return fh.read().decode('utf-8', 'replace')
+        return self._log_since(0)
 
     def _log_size(self):
         try:

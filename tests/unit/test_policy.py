@@ -61,8 +61,15 @@ def test_success_after_a_soft_time_limit_is_not_kept():
     assert 'soft time limit' in policy.reason_to_discard_after_task('SUCCESS', interrupted=True)
 
 
-def test_greenlet_pools_never_keep():
-    assert policy.reason_to_discard_after_task('SUCCESS', green=True)
+def test_greenlets_keep_no_connection_of_their_own():
+    assert policy.reason_to_discard_after_green_task(FakeConnection(), pooled=False)
+
+
+def test_greenlets_return_a_safe_pooled_connection():
+    conn = FakeConnection()
+    assert policy.reason_to_discard_after_green_task(conn, pooled=True) is None
+    conn.needs_rollback = True
+    assert policy.reason_to_discard_after_green_task(conn, pooled=True)
 
 
 @pytest.mark.parametrize('pool,green', [

@@ -38,7 +38,7 @@ from fakes import (FakeConnection, FakeConnectionHandler, FakeDbapiConnection, F
 PY2 = sys.version_info[0] == 2
 
 #: Celery 5.7 only logs an exception of ``on_success`` or ``after_return``: the task succeeded.
-HANDLER_ERRORS_ONLY_LOGGED = versions.celery_version() >= (5, 7, 0)
+HANDLER_ERRORS_ONLY_LOGGED = not versions.handler_errors_fail_the_task()
 
 
 def task(eager=False):

@@ -4,7 +4,9 @@ from __future__ import absolute_import
 import os
 import threading
 
-from celery_django_fixup import connections, patch, processes
+import pytest
+
+from celery_django_fixup import connections, patch, processes, worker
 from celery_django_fixup.worker import DjangoWorkerFixup
 
 try:
@@ -61,24 +63,43 @@ def test_connection_of_a_driver_without_a_socket_is_kept_unclosed():
     connections._orphans.remove(dbapi)
 
 
-def test_spawned_pool_process_installs_the_patched_fixup(app):
-    # worker_pool_start_method='spawn' (Celery 5.7): the pool process imports the app afresh
-    # and gets worker_process_init, never worker_init.
+def _django_fixup(worker_fixup):
     from celery.fixups import django as upstream
-    django_fixup = mock.Mock(spec=upstream.DjangoFixup, _worker_fixup=None)
-    worker_fixup = mock.Mock(spec=DjangoWorkerFixup)
+    django_fixup = mock.Mock(spec=upstream.DjangoFixup, _worker_fixup=worker_fixup)
     django_fixup.worker_fixup = worker_fixup
-    with mock.patch.object(patch, '_django_fixups', return_value=[django_fixup]), \
-            mock.patch.object(patch._state, '_get_active_apps', return_value=[app]):
+    return django_fixup
+
+
+def _worker_process_init(app, django_fixups, installed=()):
+    with mock.patch.object(patch, '_django_fixups', side_effect=lambda a: django_fixups), \
+            mock.patch.object(patch._state, '_get_active_apps', return_value=[app]), \
+            mock.patch.object(worker, '_installed', list(installed)):
         patch.on_worker_process_init(sender='host')
+
+
+@pytest.mark.parametrize('created', [False, True], ids=['not created', 'created'])
+def test_spawned_pool_process_installs_the_patched_fixup(app, created):
+    # worker_pool_start_method='spawn' (Celery 5.7): the pool process unpickles the app and
+    # gets worker_process_init, never worker_init. Celery's import_modules handler, which sets
+    # Django up there, creates the worker fix-up first, without installing it.
+    worker_fixup = mock.Mock(spec=DjangoWorkerFixup)
+    django_fixup = _django_fixup(worker_fixup if created else None)
+    django_fixup.worker_fixup = worker_fixup
+    _worker_process_init(app, [django_fixup])
     worker_fixup.install.assert_called_once_with()
     worker_fixup.on_worker_process_init.assert_called_once_with(sender='host')
 
 
+def test_spawned_pool_process_installs_one_fixup(app):
+    # The app unpickled from the pool's arguments and the one the task modules import.
+    first, second = mock.Mock(spec=DjangoWorkerFixup), mock.Mock(spec=DjangoWorkerFixup)
+    _worker_process_init(app, [_django_fixup(first), _django_fixup(second)])
+    first.install.assert_called_once_with()
+    assert second.mock_calls == []
+
+
 def test_forked_pool_process_keeps_the_fixup_its_parent_installed(app):
-    from celery.fixups import django as upstream
-    django_fixup = mock.Mock(spec=upstream.DjangoFixup, _worker_fixup=object())
-    with mock.patch.object(patch, '_django_fixups', return_value=[django_fixup]), \
-            mock.patch.object(patch._state, '_get_active_apps', return_value=[app]):
-        patch.on_worker_process_init(sender='host')
-    assert django_fixup.mock_calls == []
+    parents = mock.Mock(spec=DjangoWorkerFixup)
+    django_fixup = _django_fixup(parents)
+    _worker_process_init(app, [django_fixup], installed=[parents])
+    assert parents.mock_calls == []

@@ -28,6 +28,8 @@ os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'cdf_demo.settings')
 
 from celery import Celery, signals  # noqa: E402
 
+from cdf_demo.whichfixup import worker_fixup_class  # noqa: E402
+
 MODES = ('stock', 'import', 'fixups', 'unsafe')
 MODE = os.environ.get('CDF_MODE', 'fixups')
 if MODE not in MODES:
@@ -125,15 +127,6 @@ if os.environ.get('CDF_PARENT_QUERY') == '1':
     signals.worker_init.connect(lambda **kwargs: _query_every_alias(), weak=False)
 
 
-def _worker_fixup_class():
-    for fixup in getattr(app, '_fixups', None) or ():
-        worker_fixup = getattr(fixup, '_worker_fixup', None)
-        if worker_fixup is not None:
-            cls = type(worker_fixup)
-            return '{0}.{1}'.format(cls.__module__, cls.__name__)
-    return None
-
-
 @signals.worker_ready.connect(weak=False)
 def _report_ready(sender=None, **kwargs):
     path = os.environ.get('CDF_READY_FILE')
@@ -144,7 +137,7 @@ def _report_ready(sender=None, **kwargs):
     info = {
         'pid': os.getpid(),
         'mode': MODE,
-        'worker_fixup': _worker_fixup_class(),
+        'worker_fixup': worker_fixup_class(app),
         'celery': celery.__version__,
         'django': django.get_version(),
         'python': sys.version.split()[0],

@@ -7,6 +7,7 @@ same process is, is then known for failed tasks too).
 from __future__ import absolute_import
 
 import os
+import sys
 import time
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -52,6 +53,16 @@ def touch_each(aliases=('default',)):
     backends = dict((alias, backend_id(connections[alias])) for alias in aliases)
     return {'pid': os.getpid(), 'backends': backends,
             'order': [conn.alias for conn in connections.all()]}
+
+
+@app.task(name='cdf_demo.process')
+def process():
+    """No database: how this pool process was started (``start_method``: billiard's
+    ``fork`` or ``spawn``) and the worker fix-up class the app uses in it."""
+    import billiard
+    from cdf_demo.whichfixup import worker_fixup_class
+    return {'pid': os.getpid(), 'start_method': billiard.get_start_method(allow_none=True),
+            'argv': sys.argv[:3], 'worker_fixup': worker_fixup_class(app)}
 
 
 @app.task(name='cdf_demo.noop')

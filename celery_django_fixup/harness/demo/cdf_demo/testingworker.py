@@ -37,6 +37,7 @@ from django.test import TestCase  # noqa: E402
 import celery.contrib.testing.tasks  # noqa: E402,F401 -- celery.ping, which start_worker needs
 from celery.contrib.testing.worker import start_worker  # noqa: E402
 from cdf_demo.models import Item  # noqa: E402
+from cdf_demo.whichfixup import worker_fixup_class  # noqa: E402
 
 MARK = 'cdf-testing-worker'
 MODE = os.environ.get('CDF_MODE', 'fixups')
@@ -62,22 +63,13 @@ def query():
         return cursor.fetchone()[0]
 
 
-def _worker_fixup_class():
-    for fixup in getattr(app, '_fixups', None) or ():
-        worker_fixup = getattr(fixup, '_worker_fixup', None)
-        if worker_fixup is not None:
-            cls = type(worker_fixup)
-            return '{0}.{1}'.format(cls.__module__, cls.__name__)
-    return None
-
-
 class WorkerInTestCase(TestCase):
 
     def test_1_worker(self):
         Item.objects.create(name=MARK, value=1)
         with start_worker(app, perform_ping_check=False):
             SEEN['task'] = query.delay().get(timeout=30)
-        SEEN['worker_fixup'] = _worker_fixup_class()
+        SEEN['worker_fixup'] = worker_fixup_class(app)
         SEEN['after_worker'] = {'in_atomic_block': connection.in_atomic_block}
         Item.objects.create(name=MARK, value=2)
         SEEN['after_worker']['rows_seen'] = Item.objects.filter(name=MARK).count()
