@@ -17,7 +17,11 @@ first" (what Celery does for every driver) closes nothing there.
 - Stock 4.2-4.3: no close after fork: the pool processes run their tasks on the main process's
   session.
 - What must happen: the main process's session survives (the same ``CONNECTION_ID()`` answers
-  every probe, no error) and no task runs on it.
+  every probe of its main thread, no error) and no task runs on it.
+
+Celery 5.7 fires the timer from a thread of its own (``prefork-timer-shutdown``) while the pool
+drains at warm shutdown: a probe there runs on that thread's own Django connection, a second
+session, which must not fail either.
 """
 from __future__ import absolute_import
 
@@ -33,6 +37,7 @@ pytestmark = pytest.mark.faults
 TASKS = 6
 CONCURRENCY = 2
 PROBES_AFTER = 3
+MAIN_THREAD = 'MainThread'
 
 
 def test_main_process_session_survives_its_children(variant, mariadb_db, start_worker, line,
@@ -61,6 +66,10 @@ def test_main_process_session_survives_its_children(variant, mariadb_db, start_w
     lost = [error for error in errors if '(2013' in error or '(2006' in error]
     sessions = set(entry['backends']['default'] for entry in probes
                    if 'default' in entry['backends'])
+    # Django's connections are per thread: the main thread's are the ones forked with.
+    main_thread_sessions = set(entry['backends']['default'] for entry in probes
+                               if 'default' in entry['backends'] and
+                               entry.get('thread', MAIN_THREAD) == MAIN_THREAD)
     summary = summarize(outcomes)
     on_parents = [outcome for outcome in outcomes if outcome.ok and outcome.backend in
                   sessions | set([parent])]
@@ -71,7 +80,10 @@ def test_main_process_session_survives_its_children(variant, mariadb_db, start_w
                    shared_sessions=len(set(outcome.backend for outcome in on_parents)),
                    hung=stopped == 'hung')
     context = explain(dict(facts, parent=parent, probe_error_samples=errors[:3],
-                           sessions=sorted(sessions)), outcomes, worker)
+                           sessions=sorted(sessions),
+                           main_thread_sessions=sorted(main_thread_sessions),
+                           threads=sorted(set(entry.get('thread') for entry in probes))),
+                      outcomes, worker)
 
     after = [entry for entry in probes if entry['at'] > done_at]
     if variant == 'patched':
@@ -79,7 +91,7 @@ def test_main_process_session_survives_its_children(variant, mariadb_db, start_w
         assert stopped == 'stopped', context
         assert len(after) >= PROBES_AFTER, context
         assert not errors, context
-        assert sessions == set([parent]), context
+        assert main_thread_sessions == set([parent]), context
         assert not on_parents, context
         return
     if line.after_fork == 'close':

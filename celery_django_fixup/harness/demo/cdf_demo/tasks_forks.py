@@ -11,7 +11,7 @@ something other than a query failed (the fork itself, the pipe).
 ``CDF_PARENT_PROBE`` (a file): the worker's main process runs one query on every alias every
 ``CDF_PARENT_PROBE_INTERVAL`` seconds (0.3 by default), from the worker's timer, in its main
 thread (Django's connections are per thread), and appends one JSON line per probe to that
-file: ``{"pid", "at", "backends": {alias: id}, "errors": {alias: "ExcType: message"}}``.
+file: ``{"pid", "at", "thread", "backends": {alias: id}, "errors": {alias: "ExcType: message"}}``.
 Before each query it does what Django does at the start of a request
 (``close_if_unusable_or_obsolete()``), so a connection that failed is replaced, as a real
 main process's next use (a result backend write...) would replace it.
@@ -21,6 +21,7 @@ from __future__ import absolute_import
 import json
 import os
 import select
+import threading
 import time
 
 from celery import signals
@@ -174,7 +175,8 @@ def _reap(pid, timeout):
 # -- the main process's own queries (CDF_PARENT_PROBE) -------------------------------------------
 
 def _probe(path):
-    entry = {'pid': os.getpid(), 'at': time.time(), 'backends': {}, 'errors': {}}
+    entry = {'pid': os.getpid(), 'at': time.time(), 'thread': threading.current_thread().name,
+             'backends': {}, 'errors': {}}
     for conn in connections.all():
         try:
             conn.close_if_unusable_or_obsolete()
