@@ -13,8 +13,7 @@ __all__ = (
     'celery_version', 'django_version', 'line_for', 'unsupported_reason',
     'task_failure_signals', 'exception_in_flight', 'upstream_connects_worker_ready',
     'upstream_init_kwargs', 'handler_errors_fail_the_task', 'pool_start_method_setting',
-    'initialized_connections',
-    'mark_health_check_done', 'existing_pool', 'forget_pool',
+    'initialized_connections', 'mark_health_check_done', 'existing_pool', 'forget_pool',
 )
 
 #: Celery releases the patched fix-up is written and tested against (inclusive).

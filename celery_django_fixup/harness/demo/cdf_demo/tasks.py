@@ -7,7 +7,6 @@ same process is, is then known for failed tasks too).
 from __future__ import absolute_import
 
 import os
-import sys
 import time
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -62,7 +61,7 @@ def process():
     import billiard
     from cdf_demo.whichfixup import worker_fixup_class
     return {'pid': os.getpid(), 'start_method': billiard.get_start_method(allow_none=True),
-            'argv': sys.argv[:3], 'worker_fixup': worker_fixup_class(app)}
+            'worker_fixup': worker_fixup_class(app)}
 
 
 @app.task(name='cdf_demo.noop')
