@@ -76,7 +76,7 @@ bench44: $(BOOTSTRAP)/.installed
 bench57: $(BOOTSTRAP)/.installed
 	$(TOX) run -e bench57 -- $(ARGS)
 
-# The fault suite on stock 4.1, 4.3, 4.4.0 and 4.4.7 and patched; rewrites README's Reliability table.
+# The fault suite on stock 4.1, 4.3, 4.4.0, 4.4.7, 5.5 and 5.7 and patched; rewrites README's Reliability table.
 RESULTS ?= .reliability-results
 reliability: $(BOOTSTRAP)/.installed
 	rm -rf $(RESULTS) && mkdir -p $(RESULTS)

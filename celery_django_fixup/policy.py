@@ -58,17 +58,18 @@ def reason_to_discard_after_task(state, exception=None, interrupted=False):
     return None
 
 
-def reason_to_discard_after_green_task(conn, pooled):
-    """Why a connection a task used in a greenlet must be closed when the task ends, or None
-    if it goes back to the Django connection pool (5.1+) it came from.
+def reason_to_discard_after_green_task(pooled):
+    """Why a connection a task used in a greenlet must be closed when the task ends, whatever
+    its state, or None if it may go back to the Django connection pool (5.1+) it came from.
 
     Connections are per greenlet and die unclosed with it: the greenlet keeps none. A pool is
-    process-wide, shared by the greenlets, and a safe connection goes back to it, as Django's
-    ``close()`` does at the end of a request.
+    process-wide, shared by the greenlets: a connection goes back to it, as Django's
+    ``close()`` does at the end of a request, if it is safe to hand on (:func:`reason_to_discard`,
+    checked where every task boundary checks it).
     """
     if not pooled:
         return 'tasks run in greenlets'
-    return reason_to_discard(conn)
+    return None
 
 
 def is_green_pool(pool_cls):

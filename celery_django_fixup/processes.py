@@ -5,10 +5,14 @@
 - :func:`on_fork_in_child` registers one callback for every fork of this process and of its
   descendants (``os.register_at_fork``, Python 3.7+): billiard's pool and beat processes, and
   any process a task forks. Python 2.7 and 3.6 have no such hook.
+- :func:`on_embedded_beat_start` registers one callback for embedded beat's process, run
+  before Celery closes every inherited file descriptor there; :func:`close_inherited_pollers`
+  is what the fix-up runs then.
 - :func:`close_all` closes every connection this process opened, in whichever thread.
 """
 from __future__ import absolute_import
 
+import gc
 import os
 import signal
 import threading
@@ -19,8 +23,8 @@ from celery.utils.log import get_logger
 from . import versions
 from .connections import close_pool, close_quietly, orphan, reset
 
-__all__ = ('record', 'inherited', 'on_fork_in_child', 'close_all', 'close_at_beat_exit',
-           'FORK_HOOKS')
+__all__ = ('record', 'inherited', 'on_fork_in_child', 'on_embedded_beat_start',
+           'close_inherited_pollers', 'close_all', 'close_at_beat_exit', 'FORK_HOOKS')
 
 logger = get_logger(__name__)
 
@@ -96,6 +100,88 @@ def _after_fork_in_child():
     for dbapi in held:
         if not close_quietly(dbapi):
             orphan(dbapi)
+
+
+_beat_start_callbacks = []
+
+
+class _BeatStartHook(object):
+    """What billiard's after-fork registry holds (weakly) for :func:`on_embedded_beat_start`."""
+
+
+_beat_start_hook = _BeatStartHook()
+
+
+def on_embedded_beat_start(callback):
+    """Run ``callback()`` in embedded beat's process (``celery worker -B``) as it starts, from
+    now on (once per callback).
+
+    It runs from billiard's after-fork hooks, which every billiard process runs before its
+    ``run()``; beat's ``run()`` first closes every inherited file descriptor by its number
+    (``platforms.close_open_fds``). So the callback runs while every number an inherited
+    object holds is still that object's own: closing through the object then touches nothing
+    of beat's. ``beat_embedded_init`` comes too late for that: the scheduler has opened its
+    files by then.
+    """
+    if callback in _beat_start_callbacks:
+        return
+    _beat_start_callbacks.append(callback)
+    if len(_beat_start_callbacks) == 1:
+        from billiard.util import register_after_fork
+        register_after_fork(_beat_start_hook, _run_beat_start_callbacks)
+
+
+def _run_beat_start_callbacks(hook):
+    if not _in_embedded_beat():
+        return
+    for callback in list(_beat_start_callbacks):
+        try:
+            callback()
+        except Exception as exc:  # noqa: B902 -- beat must never fail to start because of us
+            logger.warning('celery-django-fixup: embedded beat start: %r', exc, exc_info=True)
+
+
+def _in_embedded_beat():
+    from billiard.process import current_process
+    from celery import beat
+    process_class = getattr(beat, '_Process', None)
+    return process_class is not None and isinstance(current_process(), process_class)
+
+
+def close_inherited_pollers():
+    """Close the event-loop pollers of kombu (its ``epoll`` wrappers) that this process holds,
+    through their own objects, and return how many were open.
+
+    For embedded beat's process, before Celery closes every inherited number (see
+    :func:`on_embedded_beat_start`): the worker's main process forked beat holding them (the
+    worker's event loop, the pollers of its Redis transports), and beat never uses them. Left
+    to Celery, their numbers are closed under them; beat's files and sockets, its own database
+    connection included, take those numbers again; and when the garbage collector frees such
+    a poller later (measured: while beat opened its broker connection), it closes its old
+    number, whatever holds it by then. Closed here, a poller's number is still its own, and
+    freeing it later closes nothing.
+    """
+    try:
+        from kombu.utils import eventio
+    except ImportError:
+        return 0
+    poller_class = getattr(eventio, '_epoll', None)
+    if poller_class is None:
+        return 0
+    closed = 0
+    for obj in gc.get_objects():
+        if not isinstance(obj, poller_class):
+            continue
+        epoll = getattr(obj, '_epoll', None)
+        if epoll is None or epoll.closed:
+            continue
+        try:
+            epoll.close()
+            closed += 1
+        except Exception as exc:  # noqa: B902 -- a poller we cannot close is left as it was
+            logger.warning('celery-django-fixup: could not close an inherited event-loop '
+                           'poller: %r', exc)
+    return closed
 
 
 def close_all():

@@ -54,6 +54,11 @@ def _after_fork_in_child():
         fixup.on_fork_in_child()
 
 
+def _before_embedded_beat_closes_fds():
+    for fixup in _installed[:1]:
+        fixup.on_embedded_beat_start()
+
+
 class DjangoWorkerFixup(upstream_class()):
     """Celery's ``DjangoWorkerFixup`` that reuses connections as ``CONN_MAX_AGE`` says, safely.
 
@@ -112,6 +117,7 @@ class DjangoWorkerFixup(upstream_class()):
         if self not in _installed:
             _installed.append(self)
         processes.on_fork_in_child(_after_fork_in_child)
+        processes.on_embedded_beat_start(_before_embedded_beat_closes_fds)
         # The process the worker starts in: the solo pool (Celery 4.4+) sends
         # worker_process_init in it too, with no fork.
         self._install_pid = os.getpid()
@@ -203,6 +209,15 @@ class DjangoWorkerFixup(upstream_class()):
         for_each(self._db.connections, self._drop_if_inherited, 'drop the inherited')
         self.close_cache()
 
+    def on_embedded_beat_start(self):
+        # Before beat._Process.run() closes every inherited number (platforms.close_open_fds):
+        # the event-loop pollers beat inherited would close their old numbers when freed,
+        # whatever beat opened on them since (processes.close_inherited_pollers).
+        closed = processes.close_inherited_pollers()
+        if closed:
+            logger.debug('celery-django-fixup: embedded beat closed %d inherited event-loop '
+                         'poller(s)', closed)
+
     def on_beat_embedded_init(self, **kwargs):
         # beat._Process.run() has closed every inherited file descriptor before this signal,
         # and the scheduler may have opened files, sockets or its own database connection
@@ -263,12 +278,11 @@ class DjangoWorkerFixup(upstream_class()):
 
     def _return_or_discard(self, conn):
         reason = policy.reason_to_discard_after_green_task(
-            conn, pooled=versions.existing_pool(conn) is not None)
-        if reason is None and conn.connection is not None and \
-                self._close_if_unsafe(conn) is None:
-            conn.close()  # back to the pool
-        else:
+            pooled=versions.existing_pool(conn) is not None)
+        if reason is not None or conn.connection is None:
             discard(conn)
+        elif self._close_if_unsafe(conn) is None:  # an unsafe one it discards itself
+            conn.close()  # back to the pool
 
     def on_task_failure(self, sender=None, task_id=None, **kwargs):
         # Celery sends task_postrun with state SUCCESS when the task body returned, and only
@@ -335,6 +349,8 @@ OVERRIDES = {
     'on_beat_embedded_init': 'beat has closed the inherited fds already; forgets '
                              'inherited connections without touching any fd, checks its own',
     'on_fork_in_child': 'every fork drops the inherited connections with no IO',
+    'on_embedded_beat_start': 'embedded beat closes the event-loop pollers it inherited '
+                              'before Celery closes their numbers under them',
     'on_connection_created': 'records which process opened a connection; outside '
                              'tasks it is checked before every use',
     'on_worker_process_shutdown': 'a pool process closes its connections before '

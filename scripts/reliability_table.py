@@ -77,6 +77,8 @@ SCENARIOS = [
     ('pymysql_reconnect', '15. Killed while idle, reconnected by Django (-c 1)'),
     ('caught_interrupt', '16. Soft time limit caught by the task (-c 1)'),
     ('django_pool', '17. Django connection pool (Django 5.1+)'),
+    ('beat_pollers', "18. Embedded beat frees the event-loop pollers it inherited (-B -c 1; "
+                     "failed: beat ticks)"),
 ]
 
 #: Stock release lines shown by default: ``4.1`` means every 4.1.x, ``4.4.0`` only 4.4.0.

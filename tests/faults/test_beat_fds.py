@@ -112,3 +112,58 @@ def test_embedded_beat_keeps_its_files(variant, database, start_worker, line, re
         return
     # Stock: what each line does is recorded; every 4.x line breaks some of it.
     assert db_errors or file_errors or socket_errors or problems or on_parents, context
+
+
+def test_embedded_beat_keeps_its_files_when_inherited_pollers_are_freed(
+        variant, start_worker, pg_db, record, explain, tmpdir):
+    """The worker's main process forks beat holding kombu's event-loop pollers (its event
+    loop, its Redis transports: Celery 5.7 creates the event loop's before beat). Celery then
+    closes their numbers under them, the scheduler's files take those numbers, and the
+    garbage collector frees a poller whenever it likes: its ``epoll`` object closes its old
+    number, whatever holds it by then (measured: beat's database socket, "Socket operation on
+    non-socket", and the WAL of its SQLite schedule file). The scheduler frees them on purpose
+    right after its files took their numbers; with the patched fix-up the files stay intact.
+    """
+    beat_log = str(tmpdir.join('beat.jsonl'))
+    folder = tmpdir.mkdir('files')
+    worker = start_worker(
+        variant, url=pg_db.url, concurrency=1, conn_max_age=600,
+        args=['-B', '--scheduler', SCHEDULER],
+        env={'CDF_BEAT_LOG': beat_log, 'CDF_BEAT_FILES': str(folder), 'CDF_BEAT_TICK': '0.2',
+             'CDF_BEAT_FREE_POLLERS': '1'})
+
+    def ticks():
+        return [entry for entry in beat.read_log(beat_log) if 'tick' in entry]
+
+    wait_for(lambda: len(ticks()) >= TICKS // 2, timeout=30)
+    stopped = worker.stop(timeout=10)
+    entries = beat.read_log(beat_log)
+    setups = [entry for entry in entries if entry.get('setup')]
+    tick_entries = [entry for entry in entries if 'tick' in entry]
+    file_errors = [error for entry in tick_entries for error in entry['file_errors']]
+    db_errors = [entry['error'] for entry in tick_entries if 'error' in entry]
+    problems = beat.check_files(setups[0], len(tick_entries)) if setups else {}
+    setup = setups[0] if setups else {}
+    failed_ticks = sum(1 for entry in tick_entries if 'error' in entry or entry['file_errors'])
+    facts = record('beat_pollers', variant, database='postgresql', failed=failed_ticks,
+                   pollers=setup.get('pollers'),
+                   pollers_open=len(setup.get('pollers_open') or ()), ticks=len(tick_entries),
+                   file_errors=len(file_errors), beat_errors=len(db_errors),
+                   files_damaged=len(problems), hung=stopped == 'hung')
+    context = explain(dict(facts, setup=setups[:1], file_error_samples=file_errors[:2],
+                           db_error_samples=db_errors[:2], problems=problems),
+                      (), worker, lines=60)
+
+    assert setups and tick_entries, context
+    if not setup['pollers']:
+        pytest.skip('embedded beat inherits no kombu event-loop poller on this line')
+    if variant == 'patched':
+        # Every inherited poller was closed before Celery closed its number.
+        assert setup['pollers_open'] == [], context
+        assert stopped == 'stopped', context
+        assert not file_errors and not problems and not db_errors, context
+        return
+    # Stock: the pollers still held their old numbers, which the files had taken.
+    assert setup['pollers_open'], context
+    assert set(setup['pollers_open']) <= set(int(fd) for fd in setup['files']), context
+    assert file_errors or problems, context

@@ -103,3 +103,66 @@ def test_forked_pool_process_keeps_the_fixup_its_parent_installed(app):
     django_fixup = _django_fixup(parents)
     _worker_process_init(app, [django_fixup], installed=[parents])
     assert parents.mock_calls == []
+
+
+@pytest.fixture
+def pollers():
+    eventio = pytest.importorskip('kombu.utils.eventio')
+    if getattr(eventio, '_epoll', None) is None or not hasattr(__import__('select'), 'epoll'):
+        pytest.skip('no epoll on this platform')
+    still_open, already_closed = eventio._epoll(), eventio._epoll()
+    already_closed.close()
+    yield still_open, already_closed
+    still_open.close()
+
+
+def test_inherited_pollers_are_closed_through_their_objects(pollers):
+    # In embedded beat, before Celery closes every inherited number: freed later, a poller
+    # closed here closes nothing.
+    still_open, already_closed = pollers
+    with mock.patch.object(processes.gc, 'get_objects',
+                           return_value=[object(), still_open, already_closed]):
+        assert processes.close_inherited_pollers() == 1
+    assert still_open._epoll.closed
+
+
+@pytest.mark.parametrize('in_beat', [True, False], ids=['embedded beat', 'other process'])
+def test_beat_start_callbacks_run_in_embedded_beat_only(in_beat):
+    callback = mock.Mock()
+    with mock.patch.object(processes, '_beat_start_callbacks', [callback]), \
+            mock.patch.object(processes, '_in_embedded_beat', return_value=in_beat):
+        processes._run_beat_start_callbacks(processes._beat_start_hook)
+    assert callback.called == in_beat
+
+
+def test_embedded_beat_is_told_apart_by_its_process_class():
+    from celery import beat
+    if getattr(beat, '_Process', None) is None:
+        pytest.skip('embedded beat runs in a thread here')
+    beat_process = beat._Process.__new__(beat._Process)
+    with mock.patch('billiard.process.current_process', return_value=beat_process):
+        assert processes._in_embedded_beat()
+    assert not processes._in_embedded_beat()  # this process
+
+
+def test_beat_start_hook_is_registered_with_billiard_once():
+    from billiard import util
+    callback = mock.Mock()
+    with mock.patch.object(processes, '_beat_start_callbacks', []), \
+            mock.patch.object(util, 'register_after_fork') as register:
+        processes.on_embedded_beat_start(callback)
+        processes.on_embedded_beat_start(callback)
+        processes.on_embedded_beat_start(mock.Mock())
+    register.assert_called_once_with(processes._beat_start_hook,
+                                     processes._run_beat_start_callbacks)
+
+
+def test_installed_fixup_closes_the_pollers_embedded_beat_inherited(app):
+    fixup = mock.Mock(spec=DjangoWorkerFixup)
+    with mock.patch.object(worker, '_installed', [fixup]):
+        worker._before_embedded_beat_closes_fds()
+    fixup.on_embedded_beat_start.assert_called_once_with()
+    real = DjangoWorkerFixup.__new__(DjangoWorkerFixup)
+    with mock.patch.object(processes, 'close_inherited_pollers', return_value=2) as close:
+        real.on_embedded_beat_start()
+    close.assert_called_once_with()

@@ -222,6 +222,25 @@ class test_pools(object):
         fixup.on_task_postrun(task(), state='SUCCESS')
         assert conn.connection is None
 
+    @pytest.mark.parametrize('left', [None, 'needs_rollback', 'in_atomic_block', 'unusable'])
+    def test_greenlet_pools_return_only_a_safe_connection_to_the_django_pool(self, app, left):
+        # Django 5.1+ pools are process-wide: a safe connection goes back to the pool (close()),
+        # an unsafe one is closed first, so that the pool drops it instead of handing it on.
+        pooled = type('PooledConnection', (FakeConnection,),
+                      {'_connection_pools': {'default': object()}})
+        conn = pooled()
+        dbapi = conn.connection
+        if left == 'unusable':
+            conn.errors_occurred, conn.usable = True, False
+        elif left is not None:
+            setattr(conn, left, True)
+        fixup = make_fixup(app, conn)
+        fixup.on_worker_init(sender=mock.Mock(pool_cls='gevent'))
+        fixup.on_task_postrun(task(), state='SUCCESS')
+        assert conn.connection is None
+        assert 'close' in conn.calls
+        assert dbapi.closed == (0 if left is None else 1)
+
     @pytest.mark.parametrize('pool', ['prefork', 'solo', 'processes', 'threads', None])
     def test_other_pools_reuse(self, app, pool):
         conn = FakeConnection()

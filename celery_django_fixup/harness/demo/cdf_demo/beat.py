@@ -88,30 +88,6 @@ def read_log(path):
     return entries
 
 
-class _ShortLivedFilesShelve(object):
-    """``shelve`` on ``dbm.dumb``, which opens its files for each read and write and keeps
-    none open: a schedule store whose numbers nothing else can be handed.
-
-    On Python 3.13 ``shelve`` is SQLite, which keeps its database, WAL and shared-memory files
-    open. In embedded beat, Python objects inherited from the worker's main process still hold
-    the numbers Celery closed (``platforms.close_open_fds``): kombu's event loop's ``epoll``
-    object, freed by the garbage collector at a moment of its choosing, closes its number,
-    which by then may be SQLite's WAL; the next schedule write fails with "disk I/O error"
-    (measured with stock and patched fix-ups alike; stock beat is killed by SIGTERM before it
-    writes again, so it never shows). That is upstream's, not the database connections' this
-    test is about.
-    """
-
-    @staticmethod
-    def open(filename, writeback=False):
-        import shelve
-        try:
-            import dbm.dumb as dumb
-        except ImportError:  # Python 2
-            import dumbdbm as dumb
-        return shelve.Shelf(dumb.open(filename, 'c'), writeback=writeback)
-
-
 class FilesScheduler(QueryingScheduler):
     """A :class:`QueryingScheduler` that also keeps files and a socket open, as schedulers do
     (their schedule file, a log, a connection to a lock or cache server), opened in
@@ -130,13 +106,16 @@ class FilesScheduler(QueryingScheduler):
     succeeded), ``file_errors`` and ``socket_error``. The first line of the log (``setup``)
     names every file (``files``: ``{fd: path}``), ``socket_fd`` and ``targets``.
     ``CDF_BEAT_FILES`` is the folder of the files (required).
+
+    With ``CDF_BEAT_FREE_POLLERS`` set, the event-loop pollers beat inherited (kombu's
+    ``epoll`` wrappers) that still hold a number are freed right after the files took those
+    numbers too, as the garbage collector frees them at a moment of its choosing (measured on
+    Celery 5.7: while beat opened its broker connection). The setup line records how many
+    pollers there were (``pollers``) and the numbers of those still open (``pollers_open``).
     """
 
     #: Never more open files than this, whatever the numbers to take.
     MAX_FILES = 200
-
-    #: The schedule store keeps no file open (see :class:`_ShortLivedFilesShelve`).
-    persistence = _ShortLivedFilesShelve
 
     def setup_schedule(self):
         self._files = []
@@ -144,14 +123,18 @@ class FilesScheduler(QueryingScheduler):
         self._ticks = 0
         folder = os.environ.get('CDF_BEAT_FILES')
         if folder:
-            self._take_numbers(folder)
+            pollers = _inherited_pollers() if os.environ.get('CDF_BEAT_FREE_POLLERS') else []
+            self._take_numbers(folder, pollers)
         super(FilesScheduler, self).setup_schedule()
 
-    def _take_numbers(self, folder):
+    def _take_numbers(self, folder, pollers=()):
         targets = sorted(fd for fd in self._targets() if fd is not None)
+        still_open = sorted(fd for fd in (_poller_number(poller) for poller in pollers)
+                            if fd is not None)
         setup = {'setup': True, 'pid': os.getpid(), 'targets': targets, 'files': {},
-                 'socket_fd': None}
+                 'socket_fd': None, 'pollers': len(pollers), 'pollers_open': still_open}
         socket_target = targets[1] if len(targets) > 1 else None
+        last = max(targets + still_open) if targets or still_open else None
         # Standard streams Celery closed stay taken by /dev/null, as a daemon's would.
         self._standard = []
         while _lowest_free_fd() < 3:
@@ -159,7 +142,7 @@ class FilesScheduler(QueryingScheduler):
         # At least one file, even with nothing to take.
         while len(self._files) < self.MAX_FILES:
             number = _lowest_free_fd()
-            if self._files and (not targets or number > targets[-1]):
+            if self._files and (last is None or number > last):
                 break
             if number == socket_target and self._socket is None:
                 self._socket = self._open_socket()
@@ -169,6 +152,9 @@ class FilesScheduler(QueryingScheduler):
             fh = open(path, 'ab', 0)
             self._files.append(fh)
             setup['files'][fh.fileno()] = path
+        # What the garbage collector does when it frees them: select.epoll closes its number.
+        for poller in pollers:
+            poller.close()
         self._write_log(setup)
 
     @staticmethod
@@ -229,6 +215,24 @@ class FilesScheduler(QueryingScheduler):
         if path:
             with open(path, 'a') as fh:
                 fh.write(json.dumps(entry) + '\n')
+
+
+def _inherited_pollers():
+    """kombu's event-loop pollers (``epoll`` wrappers) in this process. In the scheduler's
+    ``setup_schedule`` beat has opened no broker connection yet: all of them were inherited
+    from the worker's main process (its event loop, its Redis transports)."""
+    import gc
+    try:
+        from kombu.utils.eventio import _epoll
+    except ImportError:
+        return []
+    return [obj for obj in gc.get_objects() if isinstance(obj, _epoll)]
+
+
+def _poller_number(poller):
+    """The number ``poller`` would close when freed, or None if it is closed already."""
+    epoll = getattr(poller, '_epoll', None)
+    return None if epoll is None or epoll.closed else epoll.fileno()
 
 
 def _lowest_free_fd():
