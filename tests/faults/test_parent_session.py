@@ -21,7 +21,8 @@ first" (what Celery does for every driver) closes nothing there.
 
 Celery 5.7 fires the timer from a thread of its own (``prefork-timer-shutdown``) while the pool
 drains at warm shutdown: a probe there runs on that thread's own Django connection, a second
-session, which must not fail either.
+session, which must not fail either. Every session of the main process, that thread's too, ends
+with a goodbye (no ``Aborted connection`` in the server's error log for the worker's database).
 """
 from __future__ import absolute_import
 
@@ -31,6 +32,7 @@ import pytest
 
 from celery_django_fixup.harness.demo.cdf_demo import beat
 from celery_django_fixup.harness.run import summarize
+from servercounts import mariadb_error_log, settled
 
 pytestmark = pytest.mark.faults
 
@@ -41,7 +43,8 @@ MAIN_THREAD = 'MainThread'
 
 
 def test_main_process_session_survives_its_children(variant, mariadb_db, start_worker, line,
-                                                    record, explain, tmpdir):
+                                                    record, explain, tmpdir, missing):
+    aborted = mariadb_error_log(mariadb_db.stats, mariadb_db.name, missing)
     probe_log = str(tmpdir.join('probe.jsonl'))
     worker = start_worker(
         variant, url=mariadb_db.url, concurrency=CONCURRENCY, conn_max_age=600,
@@ -58,6 +61,7 @@ def test_main_process_session_survives_its_children(variant, mariadb_db, start_w
             break
         time.sleep(0.1)
     stopped = worker.stop(timeout=10)
+    abandoned = settled(aborted)
 
     probes = beat.read_log(probe_log)
     errors = [entry['errors']['default'] for entry in probes if entry['errors']]
@@ -78,8 +82,9 @@ def test_main_process_session_survives_its_children(variant, mariadb_db, start_w
                    probe_errors=len(errors), lost_connection=len(lost),
                    parent_sessions=len(sessions | set([parent])),
                    shared_sessions=len(set(outcome.backend for outcome in on_parents)),
-                   hung=stopped == 'hung')
+                   abandoned=abandoned, hung=stopped == 'hung')
     context = explain(dict(facts, parent=parent, probe_error_samples=errors[:3],
+                           aborted_ids=aborted.ids(),
                            sessions=sorted(sessions),
                            main_thread_sessions=sorted(main_thread_sessions),
                            threads=sorted(set(entry.get('thread') for entry in probes))),
@@ -93,6 +98,7 @@ def test_main_process_session_survives_its_children(variant, mariadb_db, start_w
         assert not errors, context
         assert main_thread_sessions == set([parent]), context
         assert not on_parents, context
+        assert abandoned == 0, context
         return
     if line.after_fork == 'close':
         # The pool processes' close ended the main process's session.
